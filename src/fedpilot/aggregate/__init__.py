@@ -1,0 +1,1 @@
+"""Server-side aggregation rules: FedAvg, STAgg with DWA."""

@@ -1,0 +1,102 @@
+"""Local training of one client for one round: load the global adapters, train the planned units,
+return only what was trained (the planned units' LoRA tensors and the head) with metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset
+from torch import nn
+
+from fedpilot.models.units import UnitMap, adapter_state, load_adapter_state, set_trainable
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one client does this round: which units it trains and for how many steps."""
+
+    units: tuple[int, ...]
+    local_steps: int
+
+
+@dataclass
+class ClientUpdate:
+    """A client's reply: trained tensors, its data size (aggregation weight) and metrics."""
+
+    client_id: int
+    tensors: dict[str, torch.Tensor]
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The optimisation knobs a client needs, taken from the run config."""
+
+    batch_size: int
+    lr: float
+    weight_decay: float
+    precision: str
+    device: str
+
+
+def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked for, else a no-op context."""
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batch_indices(num_examples: int, steps: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """`steps` batches drawn by walking seeded permutations of the client's data."""
+    needed = steps * batch_size
+    order = torch.cat([torch.randperm(num_examples, generator=generator)
+                       for _ in range(-(-needed // num_examples))])
+    return list(order[:needed].split(batch_size))
+
+
+def to_inputs(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    """Model keyword arguments for a tokenized batch (`label` becomes `labels`)."""
+    inputs = {key: value.to(device) for key, value in batch.items() if key != "label"}
+    inputs["labels"] = batch["label"].to(device)
+    return inputs
+
+
+def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, torch.Tensor], plan: Plan,
+                 data: Dataset, settings: TrainSettings, client_id: int, seed: int) -> ClientUpdate:
+    """Train the plan's units (and head) on the client's data with AdamW; return the update."""
+    started = time.perf_counter()
+    load_adapter_state(model, global_state)
+    trainable = set(set_trainable(model, unit_map, plan.units))
+    params = [p for name, p in model.named_parameters() if name in trainable]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.train()
+    losses = []
+    for indices in batch_indices(len(data), plan.local_steps, settings.batch_size, generator):
+        with autocast(settings.precision, settings.device):
+            loss = model(**to_inputs(data[indices], settings.device)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    metrics = {"loss": sum(losses) / len(losses), "steps": len(losses), "seconds": time.perf_counter() - started}
+    return ClientUpdate(client_id, adapter_state(model, unit_map, plan.units), len(data), metrics)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Dataset, batch_size: int, precision: str, device: str) -> dict[str, float]:
+    """Accuracy and mean loss of the current model on a tokenized dataset."""
+    model.eval()
+    correct, total_loss = 0, 0.0
+    for start in range(0, len(data), batch_size):
+        inputs = to_inputs(data[start:start + batch_size], device)
+        with autocast(precision, device):
+            out = model(**inputs)
+        total_loss += out.loss.float().item() * len(inputs["labels"])
+        correct += (out.logits.argmax(-1) == inputs["labels"]).sum().item()
+    return {"accuracy": correct / len(data), "loss": total_loss / len(data)}

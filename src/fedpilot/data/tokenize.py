@@ -1,0 +1,42 @@
+"""Tokenize a text Dataset once and cache the result on disk, keyed by what changes it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from datasets import Dataset, disable_progress_bars, load_from_disk
+from transformers import PreTrainedTokenizerBase
+
+
+def cache_root() -> Path:
+    """Where tokenized datasets are kept (FEDPILOT_CACHE, else ~/.cache/fedpilot)."""
+    return Path(os.environ.get("FEDPILOT_CACHE", Path.home() / ".cache" / "fedpilot")) / "tokens"
+
+
+def fingerprint(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
+    """Hash of the data contents (its fingerprint), tokenizer and length."""
+    key = {"data": dataset._fingerprint, "tokenizer": tokenizer.name_or_path,
+           "vocab": len(tokenizer), "max_length": max_length}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """input_ids / attention_mask / label as torch tensors, padded to max_length; cached."""
+    disable_progress_bars()
+    folder = cache_root() / fingerprint(dataset, tokenizer, max_length)
+    if folder.is_dir():
+        encoded = load_from_disk(str(folder))
+    else:
+        encoded = dataset.map(
+            lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_length, padding="max_length"),
+            batched=True, batch_size=1000, remove_columns=["text"],
+        )
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        encoded.save_to_disk(str(tmp))
+        tmp.rename(folder)
+        encoded = load_from_disk(str(folder))
+    keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in encoded.column_names]
+    return encoded.with_format("torch", columns=keep)

@@ -1,0 +1,74 @@
+"""Build everything a run needs from its config: tokenized client data, test set, LoRA model, units.
+
+Both engines call `build_federation`, so the same config and seed give the same clients, data and
+initial adapters wherever the rounds run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from datasets import Dataset
+from torch import nn
+
+from fedpilot.client import TrainSettings
+from fedpilot.config import Config
+from fedpilot.data.partition import partition
+from fedpilot.data.sources import load_text_data
+from fedpilot.data.tokenize import tokenize
+from fedpilot.models.loading import add_lora, load_classifier, load_tokenizer
+from fedpilot.models.units import UnitMap, adapter_state, discover_units
+
+
+@dataclass
+class Federation:
+    """The model, its units, the per-client data and the evaluation set of one run."""
+
+    model: nn.Module
+    unit_map: UnitMap
+    client_data: list[Dataset]
+    test_data: Dataset
+    label_names: list[str]
+    settings: TrainSettings
+
+    @property
+    def client_sizes(self) -> list[int]:
+        """Training examples per client (aggregation weights)."""
+        return [len(d) for d in self.client_data]
+
+    def initial_state(self) -> dict:
+        """Global adapters and head before round 1."""
+        return adapter_state(self.model, self.unit_map)
+
+
+def subset(data: Dataset, limit: int | None, seed: int) -> Dataset:
+    """A seeded random subset of at most `limit` examples (all when None)."""
+    if limit is None or limit >= len(data):
+        return data
+    return data.shuffle(seed=seed).select(range(limit))
+
+
+def build_federation(config: Config) -> Federation:
+    """Load data and model, partition, tokenize, wrap with LoRA, discover units."""
+    text = load_text_data(config.data.name, config.data.text_column, config.data.label_column,
+                          config.data.test_path, config.data.test_fraction, config.seed)
+    train = subset(text.train, config.data.max_train_examples, config.seed)
+    parts = partition(train, config.partition.kind, config.clients.num_clients, config.seed,
+                      config.partition.alpha, config.partition.classes_per_client)
+    tokenizer = load_tokenizer(config.model.path)
+    client_data = [tokenize(part, tokenizer, config.model.max_length) for part in parts]
+    test = tokenize(subset(text.test, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
+    model = load_classifier(config.model.path, len(text.label_names), config.seed, tokenizer.pad_token_id)
+    lora = config.lora
+    model = add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets).to(config.train.device)
+    train_cfg = config.train
+    settings = TrainSettings(train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay,
+                             train_cfg.precision, train_cfg.device)
+    return Federation(model, discover_units(model), client_data, test, text.label_names, settings)
+
+
+def sample_clients(num_clients: int, per_round: int, seed: int, round_number: int) -> list[int]:
+    """This round's clients, drawn from (seed, round) alone so every method sees the same ones."""
+    rng = np.random.default_rng([seed, round_number])
+    return sorted(int(i) for i in rng.choice(num_clients, size=per_round, replace=False))

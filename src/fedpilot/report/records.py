@@ -1,0 +1,70 @@
+"""One run directory: `config.yaml` (resolved), `metrics.jsonl` (a line per round), `summary.json`.
+
+Tables and plots read only these files. `summary.json` is written last, so its presence marks a
+finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fedpilot.config import Config, dump_config
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def fresh_run_dir(parent: str, name: str) -> Path:
+    """A new directory `parent/name`, or `name-2`, `name-3`... so no earlier run is overwritten."""
+    base = Path(parent) / name
+    candidate, counter = base, 1
+    while candidate.exists():
+        counter += 1
+        candidate = base.with_name(f"{name}-{counter}")
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+class RunRecorder:
+    """Appends round records and writes the summary of one run directory."""
+
+    def __init__(self, run_dir: Path, config: Config) -> None:
+        self.run_dir = run_dir
+        write_atomic(run_dir / "config.yaml", dump_config(config))
+        self.metrics_path = run_dir / "metrics.jsonl"
+
+    def log_round(self, record: dict[str, Any]) -> None:
+        """Append one round's record as a JSON line."""
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write summary.json (marks the run as complete)."""
+        write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+
+
+def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All round records of a run."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
+    """Final and best test accuracy, rounds run and wall time from the round records."""
+    evaluated = [r for r in rounds if r.get("test_accuracy") is not None]
+    accuracies = [r["test_accuracy"] for r in evaluated]
+    return {
+        "rounds": len(rounds),
+        "final_accuracy": accuracies[-1] if accuracies else None,
+        "best_accuracy": max(accuracies) if accuracies else None,
+        "best_round": evaluated[accuracies.index(max(accuracies))]["round"] if accuracies else None,
+        "final_loss": evaluated[-1]["test_loss"] if evaluated else None,
+        "wall_seconds": wall_seconds,
+    }

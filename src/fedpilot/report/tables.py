@@ -1,0 +1,48 @@
+"""Rich tables printed at the end of a run and by `fedpilot data-stats`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+
+def round_table(rounds: list[dict[str, Any]]) -> Table:
+    """Test accuracy, loss, mean client loss and time per evaluated round."""
+    table = Table(title="rounds")
+    for column in ("round", "test acc", "test loss", "client loss", "round s"):
+        table.add_column(column, justify="right")
+    for record in rounds:
+        if record.get("test_accuracy") is None:
+            continue
+        losses = [c["loss"] for c in record["clients"] if "loss" in c]
+        client_loss = f"{np.mean(losses):.3f}" if losses else "-"
+        table.add_row(str(record["round"]), f"{record['test_accuracy']:.4f}", f"{record['test_loss']:.4f}",
+                      client_loss, f"{record['round_seconds']:.1f}")
+    return table
+
+
+def summary_table(summary: dict[str, Any], run_dir: str) -> Table:
+    """Final and best accuracy and wall time of a run."""
+    table = Table(title=f"summary: {run_dir}")
+    table.add_column("final acc", justify="right")
+    table.add_column("best acc (round)", justify="right")
+    table.add_column("wall time", justify="right")
+    table.add_row(f"{summary['final_accuracy']:.4f}", f"{summary['best_accuracy']:.4f} ({summary['best_round']})",
+                  f"{summary['wall_seconds']:.0f} s")
+    return table
+
+
+def data_stats_table(sizes: list[int], histograms: list[np.ndarray], label_names: list[str]) -> Table:
+    """Per-client size and label histogram (top labels) of a partition."""
+    table = Table(title="clients")
+    table.add_column("client", justify="right")
+    table.add_column("examples", justify="right")
+    table.add_column("labels present", justify="right")
+    table.add_column("largest labels (count)")
+    for client, (size, hist) in enumerate(zip(sizes, histograms)):
+        top = np.argsort(-hist)[:3]
+        shown = ", ".join(f"{label_names[i]} ({hist[i]})" for i in top if hist[i] > 0)
+        table.add_row(str(client), str(size), str(int((hist > 0).sum())), shown)
+    return table

