@@ -1,0 +1,84 @@
+"""Time the exact LoRA-unit assignment solver on 7B-like cost shapes; writes results/knapsack.json.
+
+Model: a 7B-like decoder cut into n units (blocks). The frozen 4-bit base plus head take 3.5 GiB;
+keeping activations from block k to the top costs (n - k) x 9 GiB / n (384 MiB per block at n = 24),
+so an 8 GiB budget reaches about half way down. Each unit carries LoRA rank 16 on q, k, v, o, gate,
+up, down (hidden 4096, MLP 11008), scaled by 32 / n so the model's total stays that of 32 blocks;
+it costs 16 bytes per parameter in memory (fp32 weight, grad, two Adam moments) and 2 bytes per
+parameter to upload (bf16). The upload budget is 40 % of all units' upload, so it binds too.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from fedpilot.assign.knapsack import solve_assignment
+
+GiB = 2**30
+BUDGET = 8 * GiB
+REPEATS = 200
+CLIENTS = 1000
+LORA_PARAMS_PER_BLOCK = 16 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
+
+
+def costs(n: int) -> dict:
+    """Cost arrays of the 7B-like model cut into n units (see module docstring)."""
+    params = LORA_PARAMS_PER_BLOCK * 32 // n
+    return dict(path_mem=(n - np.arange(n)) * (9 * GiB // n), unit_mem=np.full(n, 16 * params),
+                fixed_mem=int(3.5 * GiB), unit_upload=np.full(n, 2 * params))
+
+
+def median_ms(n: int, resources: int, rng: np.random.Generator) -> float:
+    """Median wall time in ms of one solve at the 8 GiB budget, fresh random unit values each time."""
+    model = costs(n)
+    upload = dict(upload_budget=int(0.4 * model["unit_upload"].sum())) if resources == 2 else {}
+    times = []
+    for _ in range(REPEATS):
+        values = rng.random(n)
+        start = time.perf_counter()
+        solve_assignment(values, mem_budget=BUDGET, **model, **upload)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def clients_seconds(n: int, rng: np.random.Generator) -> float:
+    """Wall time in s to assign CLIENTS clients, memory only, budgets uniform in 4..16 GiB."""
+    model = costs(n)
+    budgets = rng.integers(4 * GiB, 16 * GiB, CLIENTS)
+    values = rng.random((CLIENTS, n))
+    start = time.perf_counter()
+    for budget, value in zip(budgets, values):
+        solve_assignment(value, mem_budget=int(budget), **model)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    """Run every case, print a table and write results/knapsack.json."""
+    rng = np.random.default_rng(0)
+    cases = [{"units": n, "resources": r, "median_ms": round(median_ms(n, r, rng), 4)}
+             for n in (12, 24, 48) for r in (1, 2)]
+    result = {"cases": cases, "clients_1000_s": round(clients_seconds(24, rng), 4),
+              "command": "python benchmarks/knapsack.py"}
+    table = Table(title="Exact LoRA-unit assignment, 8 GiB budget, 1 MiB grid", min_width=60)
+    for column in ("units", "resources", "median ms", "goal ms"):
+        table.add_column(column, justify="right")
+    for case in cases:
+        table.add_row(str(case["units"]), str(case["resources"]), f"{case['median_ms']:.3f}",
+                      "< 1" if case["resources"] == 1 else "< 10")
+    console = Console()
+    console.print(table)
+    console.print(f"{CLIENTS} clients, 24 units, memory only, budgets 4-16 GiB: {result['clients_1000_s']:.3f} s")
+    out = Path(__file__).resolve().parents[1] / "results" / "knapsack.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Assignment: which LoRA units each client trains."""
