@@ -65,3 +65,10 @@ def test_cli_reports_a_missing_config_file():
     result = runner.invoke(app, ["run", "--config", "no/such.yaml"])
     assert result.exit_code == 2
     assert "config file 'no/such.yaml' does not exist" in result.output
+
+
+def test_default_preset_spells_out_the_embedded_defaults():
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+    assert load_config(preset) == load_config()

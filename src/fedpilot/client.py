@@ -11,15 +11,22 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from fedpilot.assign.ig_score import local_scores
 from fedpilot.models.units import UnitMap, adapter_state, load_adapter_state, set_trainable
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What one client does this round: which units it trains and for how many steps."""
+    """What one client does this round: which units it trains, for how many steps, at what cost.
+
+    `estimated_bytes` is the cost model's Mem(units); `budget_bytes` the client's memory budget.
+    """
 
     units: tuple[int, ...]
     local_steps: int
+    estimated_bytes: int | None = None
+    budget_bytes: int | None = None
+    upload_bytes: int | None = None
 
 
 @dataclass
@@ -86,6 +93,25 @@ def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, to
         losses.append(loss.item())
     metrics = {"loss": sum(losses) / len(losses), "steps": len(losses), "seconds": time.perf_counter() - started}
     return ClientUpdate(client_id, adapter_state(model, unit_map, plan.units), len(data), metrics)
+
+
+def score_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, torch.Tensor], units: tuple[int, ...],
+                 data: Dataset, settings: TrainSettings, examples: int, micro_batch: int, seed: int) -> dict[int, float]:
+    """Local IG-Scores of `units` on a seeded IG set of `examples`, in micro-batches of `micro_batch`."""
+    if not units:
+        return {}
+    load_adapter_state(model, global_state)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(data), generator=generator)[:examples]
+    batches = [to_inputs(data[idx], settings.device) for idx in chosen.split(micro_batch)]
+    model.train()
+    torch.manual_seed(seed)
+
+    def loss_fn(net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with autocast(settings.precision, settings.device):
+            return net(**batch).loss
+
+    return local_scores(model, unit_map, units, batches, loss_fn)
 
 
 @torch.inference_mode()

@@ -73,14 +73,27 @@ class PartitionConfig(_Section):
     classes_per_client: int = Field(2, gt=0, description="labels per client for the pathological partition")
 
 
+class ClientGroup(_Section):
+    share: float = Field(1.0, gt=0, le=1, description="fraction of the clients in this group (shares sum to 1)")
+    memory: str = Field("100%", description="training memory: bytes ('6GiB'), a GPU name ('t4-16g'), "
+                                             "or a percentage of the cost of training every unit ('40%')")
+    upload: str = Field("unlimited", description="upload per round: 'unlimited', bytes ('2MiB'), "
+                                                  "or link speed x round deadline ('8Mbit/s*30s')")
+
+
 class ClientsConfig(_Section):
     num_clients: int = Field(10, gt=0, description="clients holding a partition")
     per_round: int = Field(5, gt=0, description="clients sampled each round")
+    groups: list[ClientGroup] = Field([ClientGroup()], min_length=1,
+                                      description="budget groups, assigned to client ids in order")
 
     @model_validator(mode="after")
     def _sample_fits(self) -> ClientsConfig:
         if self.per_round > self.num_clients:
             raise ValueError(f"per_round ({self.per_round}) exceeds num_clients ({self.num_clients})")
+        total = sum(group.share for group in self.groups)
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"group shares must sum to 1, got {total:g}")
         return self
 
 
@@ -95,7 +108,7 @@ class TrainConfig(_Section):
     rounds: int = Field(10, gt=0, description="federated rounds")
     local_steps: int = Field(10, gt=0, description="optimizer steps per client per round")
     batch_size: int = Field(16, gt=0, description="examples per local step")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CPU/GPU")
     device: str = Field("cpu", description="torch device for training and evaluation")
@@ -103,6 +116,17 @@ class TrainConfig(_Section):
 
 class StrategyConfig(_Section):
     name: str = Field("fedavg-full", description="method; see `fedpilot strategies`")
+    value: Literal["combined", "local", "global", "uniform", "random"] = Field(
+        "combined", description="fedpilot unit value: IG-Score variant, or uniform/random for ablations")
+    bonus: bool = Field(True, description="fedpilot: exploration bonus for rarely trained units")
+    aggregation: Literal["stagg", "spatial"] = Field("stagg", description="fedpilot: STAgg, or spatial-only")
+    dwa: bool = Field(True, description="fedpilot: dynamic weight average of unit update rates")
+    lam: float = Field(0.5, ge=0, le=1, description="weight of the local IG-Score against the global one")
+    beta: float = Field(0.1, ge=0, description="weight of the exploration bonus")
+    rho: float = Field(0.5, ge=0, lt=1, description="EMA factor of the global IG-Score")
+    mu: float = Field(0.9, ge=0, lt=1, description="per-unit server momentum of STAgg")
+    temperature: float = Field(2.0, gt=0, description="DWA softmax temperature")
+    ig_examples: int = Field(16, gt=0, description="examples of a client's IG set for local scores")
 
     @field_validator("name")
     @classmethod
@@ -116,7 +140,7 @@ class StrategyConfig(_Section):
 
 class EvalConfig(_Section):
     every: int = Field(1, gt=0, description="evaluate the global model every N rounds (and after the last)")
-    max_examples: int | None = Field(2000, gt=0, description="fixed seeded test subset; None = whole test split")
+    max_examples: int | None = Field(1000, gt=0, description="fixed seeded test subset; None = whole test split")
     batch_size: int = Field(128, gt=0, description="examples per evaluation forward pass")
 
 

@@ -12,12 +12,15 @@ import numpy as np
 from datasets import Dataset
 from torch import nn
 
+from fedpilot.assign.budgets import ClientBudget, client_budgets
 from fedpilot.client import TrainSettings
 from fedpilot.config import Config
 from fedpilot.data.partition import partition
 from fedpilot.data.sources import load_text_data
 from fedpilot.data.tokenize import tokenize
-from fedpilot.models.loading import add_lora, load_classifier, load_tokenizer
+from fedpilot.memory.cost import CostProfile
+from fedpilot.memory.profiler import profile
+from fedpilot.models.loading import add_lora, load_classifier, load_tokenizer, resolve_model_path
 from fedpilot.models.units import UnitMap, adapter_state, discover_units
 
 
@@ -31,6 +34,8 @@ class Federation:
     test_data: Dataset
     label_names: list[str]
     settings: TrainSettings
+    profile: CostProfile
+    budgets: list[ClientBudget]
 
     @property
     def client_sizes(self) -> list[int]:
@@ -40,6 +45,12 @@ class Federation:
     def initial_state(self) -> dict:
         """Global adapters and head before round 1."""
         return adapter_state(self.model, self.unit_map)
+
+    def unit_upload(self) -> tuple[int, ...]:
+        """Bytes of each unit's LoRA tensors, as sent from client to server."""
+        params = dict(self.model.named_parameters())
+        return tuple(sum(params[k].numel() * params[k].element_size() for k in unit.lora_keys)
+                     for unit in self.unit_map.units)
 
 
 def subset(data: Dataset, limit: int | None, seed: int) -> Dataset:
@@ -65,7 +76,12 @@ def build_federation(config: Config) -> Federation:
     train_cfg = config.train
     settings = TrainSettings(train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay,
                              train_cfg.precision, train_cfg.device)
-    return Federation(model, discover_units(model), client_data, test, text.label_names, settings)
+    cost = profile(str(resolve_model_path(config.model.path)), train_cfg.batch_size, config.model.max_length,
+                   dtype=train_cfg.precision, rank=lora.rank, targets=lora.targets, device="meta",
+                   num_labels=len(text.label_names))
+    groups = [(g.share, g.memory, g.upload) for g in config.clients.groups]
+    budgets = client_budgets(groups, config.clients.num_clients, cost)
+    return Federation(model, discover_units(model), client_data, test, text.label_names, settings, cost, budgets)
 
 
 def sample_clients(num_clients: int, per_round: int, seed: int, round_number: int) -> list[int]:

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedpilot.client import ClientUpdate, evaluate, train_client
+from fedpilot.client import ClientUpdate, Plan, evaluate, score_client, train_client
 from fedpilot.config import Config
 from fedpilot.federation import Federation, build_federation, sample_clients
 from fedpilot.models.units import load_adapter_state
@@ -31,9 +31,11 @@ def evaluate_global(federation: Federation, state: State, config: Config) -> dic
                     config.train.precision, config.train.device)
 
 
-def client_record(update: ClientUpdate, units: tuple[int, ...]) -> dict[str, Any]:
-    """The per-client part of a round record."""
-    return {"id": update.client_id, "examples": update.num_examples, "units": list(units), **update.metrics}
+def client_record(update: ClientUpdate, plan: Plan, scores: dict[int, float] | None) -> dict[str, Any]:
+    """The per-client part of a round record: plan, budget, estimate, scores and training metrics."""
+    return {"id": update.client_id, "examples": update.num_examples, "units": list(plan.units),
+            "budget_bytes": plan.budget_bytes, "estimated_bytes": plan.estimated_bytes,
+            "upload_bytes": plan.upload_bytes, "scores": scores, **update.metrics}
 
 
 class LocalRun:
@@ -44,7 +46,8 @@ class LocalRun:
         self.federation = federation
         self.recorder = recorder
         self.console = console
-        context = StrategyContext(federation.unit_map, federation.client_sizes, config)
+        context = StrategyContext(federation.unit_map, federation.client_sizes, config, federation.profile,
+                                  federation.budgets, federation.unit_upload())
         self.strategy: Strategy = make_strategy(config.strategy.name, context)
         self.state: State = federation.initial_state()
 
@@ -52,6 +55,7 @@ class LocalRun:
         """Assign, train each sampled client, aggregate; returns the client records."""
         cfg = self.config
         clients = sample_clients(cfg.clients.num_clients, cfg.clients.per_round, cfg.seed, round_number)
+        scores, score_seconds = self.score_clients(round_number, clients)
         plans = self.strategy.assign(round_number, clients)
         progress.reset(task, total=len(clients))
         updates, records = [], []
@@ -60,11 +64,29 @@ class LocalRun:
             update = train_client(self.federation.model, self.federation.unit_map, self.state, plans[client_id],
                                   self.federation.client_data[client_id], self.federation.settings, client_id,
                                   client_seed(cfg.seed, round_number, client_id))
+            if client_id in scores:
+                update.metrics["score_seconds"] = score_seconds[client_id]
             updates.append(update)
-            records.append(client_record(update, plans[client_id].units))
+            records.append(client_record(update, plans[client_id], scores.get(client_id)))
             progress.update(task, advance=1, description=f"client {client_id} loss {update.metrics['loss']:.3f}")
         self.state, strategy_metrics = self.strategy.aggregate(round_number, self.state, updates)
         return records, strategy_metrics
+
+    def score_clients(self, round_number: int, clients: list[int]) -> tuple[dict[int, dict], dict[int, float]]:
+        """Run the strategy's IG-Score requests on the clients and hand it the scores."""
+        requests = self.strategy.score_request(round_number, clients)
+        scores, seconds = {}, {}
+        for client_id, units in requests.items():
+            started = time.perf_counter()
+            micro_batch = self.strategy.context.scoring_micro_batch(client_id, units)
+            scores[client_id] = score_client(
+                self.federation.model, self.federation.unit_map, self.state, units,
+                self.federation.client_data[client_id], self.federation.settings,
+                self.config.strategy.ig_examples, micro_batch, client_seed(self.config.seed, round_number, client_id))
+            seconds[client_id] = time.perf_counter() - started
+        if requests:
+            self.strategy.receive_scores(round_number, scores)
+        return scores, seconds
 
     def run(self) -> dict[str, Any]:
         """All rounds; returns the summary (also written to summary.json)."""

@@ -2,8 +2,9 @@
 
 from fedpilot.strategies.base import Strategy, StrategyContext
 from fedpilot.strategies.fedavg_full import FedAvgFull
+from fedpilot.strategies.fedpilot import FedPilot
 
-REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvgFull,)}
+REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvgFull, FedPilot)}
 
 
 def make_strategy(name: str, context: StrategyContext) -> Strategy:

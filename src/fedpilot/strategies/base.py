@@ -9,8 +9,10 @@ from typing import Any, ClassVar
 
 import torch
 
+from fedpilot.assign.budgets import ClientBudget
 from fedpilot.client import ClientUpdate, Plan
 from fedpilot.config import Config
+from fedpilot.memory.cost import CostProfile, mem_of
 from fedpilot.models.units import UnitMap
 
 State = dict[str, torch.Tensor]
@@ -18,16 +20,45 @@ State = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class StrategyContext:
-    """What a strategy may know about the federation: units, client data sizes, the config."""
+    """What a strategy may know: units, client data sizes and budgets, the cost model, the config.
+
+    `unit_upload[j]` is the bytes unit j's LoRA tensors take on the wire.
+    """
 
     unit_map: UnitMap
     client_sizes: list[int]
     config: Config
+    profile: CostProfile
+    budgets: list[ClientBudget]
+    unit_upload: tuple[int, ...]
 
     @property
     def num_units(self) -> int:
         """Number of transformer blocks that carry LoRA units."""
         return len(self.unit_map.units)
+
+    def plan(self, client: int, units: tuple[int, ...]) -> Plan:
+        """A plan for `units` with its estimated memory, the client's budget and its upload."""
+        return Plan(units, self.config.train.local_steps, mem_of(self.profile, units),
+                    self.budgets[client].memory, sum(self.unit_upload[j] for j in units))
+
+    def scoring_micro_batch(self, client: int, units: tuple[int, ...]) -> int:
+        """Largest micro-batch (up to the training batch) at which scoring `units` fits the budget.
+
+        Scoring needs gradients but no optimizer state, so Mem(units) at that batch is an upper bound.
+        """
+        budget = self.budgets[client].memory
+        for size in range(min(self.config.strategy.ig_examples, self.config.train.batch_size), 0, -1):
+            if mem_of(self.profile.at_batch(size), units) <= budget:
+                return size
+        return 1
+
+    def affordable(self, client: int) -> list[int]:
+        """Units the client could train alone within both of its budgets."""
+        budget = self.budgets[client]
+        return [j for j in range(self.num_units)
+                if mem_of(self.profile, [j]) <= budget.memory
+                and (budget.upload is None or self.unit_upload[j] <= budget.upload)]
 
 
 class Strategy(ABC):
@@ -37,6 +68,13 @@ class Strategy(ABC):
 
     def __init__(self, context: StrategyContext) -> None:
         self.context = context
+
+    def score_request(self, round_number: int, clients: list[int]) -> dict[int, tuple[int, ...]]:
+        """Units each client should score (IG-Score) before `assign`; none by default."""
+        return {}
+
+    def receive_scores(self, round_number: int, scores: dict[int, dict[int, float]]) -> None:
+        """Local scores the clients computed for `score_request`; ignored by default."""
 
     @abstractmethod
     def assign(self, round_number: int, clients: list[int]) -> dict[int, Plan]:

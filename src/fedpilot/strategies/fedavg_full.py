@@ -17,8 +17,7 @@ class FedAvgFull(Strategy):
     def assign(self, round_number: int, clients: list[int]) -> dict[int, Plan]:
         """All units for every client."""
         units = tuple(range(self.context.num_units))
-        steps = self.context.config.train.local_steps
-        return {client: Plan(units, steps) for client in clients}
+        return {client: self.context.plan(client, units) for client in clients}
 
     def aggregate(self, round_number: int, global_state: State,
                   updates: list[ClientUpdate]) -> tuple[State, dict[str, Any]]:

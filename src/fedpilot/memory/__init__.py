@@ -1,0 +1,1 @@
+"""Measured memory cost model: saved-tensor profiler, Mem(S) cost profiles, budgets and reports."""

@@ -1,0 +1,195 @@
+"""The memory cost model Mem(S) of one model configuration, its JSON cache, and memory budgets.
+
+    Mem(S)  = fixed_mem + path_mem[min S] + sum_{j in S} unit_mem[j]     (S non-empty)
+    Mem({}) = fixed_mem                                                 (head only)
+
+    fixed_mem   = M_frozen + M_head + A_head + M_peak
+    path_mem[k] = A_path(k): saved activations from block k to the top, beyond A_head
+    unit_mem[j] = M_state(j) + a_j
+
+M_frozen holds every parameter and buffer outside the head, all units' LoRA weights included: a
+client's model holds every adapter whatever it trains. M_state(j) is unit j's LoRA gradients and
+AdamW moments; M_head the head's weights, gradients and moments; A_head the activations that
+training the head alone saves; a_j the tensors only unit j's own LoRA branches save; M_peak the
+transient peak of a step (the input batch, temporaries, gradients in flight). All are measured
+by `fedpilot.memory.profiler`. Activation terms are affine in the batch size (`at_batch`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+KiB, MiB, GiB = 2**10, 2**20, 2**30
+
+UNITS = {"b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 2**40, "ki": KiB, "mi": MiB, "gi": GiB, "ti": 2**40,
+         "kib": KiB, "mib": MiB, "gib": GiB, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+GPUS = {"t4-16g": 15360 * MiB, "rtx3060-12g": 12288 * MiB, "rtx4090-24g": 24564 * MiB, "a10-24g": 23028 * MiB,
+        "a100-40g": 40960 * MiB, "a100-80g": 81920 * MiB, "h100-80g": 81559 * MiB}
+"""Total memory of each GPU as nvidia-smi reports it."""
+
+GPU_RESERVE_FIXED, GPU_RESERVE_FRACTION = 768 * MiB, 0.05
+"""Kept back from a GPU's total for the CUDA context and allocator fragmentation: 0.75 GiB + 5 %."""
+
+
+class BudgetError(ValueError):
+    """A memory budget that cannot be parsed or cannot train anything."""
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """Measured Mem(S) terms of one (model, batch, length, dtype, rank, targets), in bytes."""
+
+    model: str
+    batch: int
+    length: int
+    dtype: str
+    rank: int
+    targets: tuple[str, ...]
+    frozen: int
+    head: int
+    head_path: int
+    peak: int
+    state: tuple[int, ...]
+    path: tuple[int, ...]
+    lora: tuple[int, ...]
+    head_path_per_example: float
+    peak_per_example: float
+    path_per_example: tuple[float, ...]
+    lora_per_example: tuple[float, ...]
+    device: str = "cpu"
+
+    @property
+    def num_units(self) -> int:
+        """Number of units (transformer blocks)."""
+        return len(self.state)
+
+    @property
+    def fixed_mem(self) -> int:
+        """M_frozen + M_head + A_head + M_peak: the cost of training the head alone."""
+        return self.frozen + self.head + self.head_path + self.peak
+
+    @property
+    def path_mem(self) -> tuple[int, ...]:
+        """A_path(k) for k = 0..n-1: what a lowest trained unit k adds in saved activations."""
+        return self.path
+
+    @property
+    def unit_mem(self) -> tuple[int, ...]:
+        """M_state(j) + a_j: what training unit j adds when a lower unit is trained anyway."""
+        return tuple(s + a for s, a in zip(self.state, self.lora))
+
+    def at_batch(self, batch: int) -> CostProfile:
+        """The same profile at another batch size: activation terms move along their measured slopes."""
+        if batch <= 0:
+            raise ValueError(f"batch size must be positive, got {batch}")
+        step = batch - self.batch
+        return replace(self, batch=batch, head_path=round(self.head_path + self.head_path_per_example * step),
+                       peak=round(self.peak + self.peak_per_example * step),
+                       path=tuple(round(v + s * step) for v, s in zip(self.path, self.path_per_example)),
+                       lora=tuple(round(v + s * step) for v, s in zip(self.lora, self.lora_per_example)))
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> CostProfile:
+        """Inverse of `to_json` (lists become tuples)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+def mem_of(profile: CostProfile, units: Iterable[int]) -> int:
+    """Mem(S) in bytes for the set of units S (see the module docstring)."""
+    chosen = sorted(set(units))
+    if any(not 0 <= j < profile.num_units for j in chosen):
+        raise ValueError(f"units {chosen} out of range 0..{profile.num_units - 1}")
+    if not chosen:
+        return profile.fixed_mem
+    unit = profile.unit_mem
+    return profile.fixed_mem + profile.path_mem[chosen[0]] + sum(unit[j] for j in chosen)
+
+
+def save_profile(profile: CostProfile, path: Path) -> Path:
+    """Write the profile as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile.to_json(), indent=2) + "\n")
+    return path
+
+
+def load_profile(path: Path) -> CostProfile:
+    """Read a profile written by `save_profile`."""
+    return CostProfile.from_json(json.loads(Path(path).read_text()))
+
+
+def cache_dir() -> Path:
+    """Where profiles are cached ($FEDPILOT_CACHE/profiles, else ~/.cache/fedpilot/profiles)."""
+    return Path(os.environ.get("FEDPILOT_CACHE", Path.home() / ".cache" / "fedpilot")) / "profiles"
+
+
+def cache_path(key: dict) -> Path:
+    """Cache file of a profile key (model, batch, length, dtype, rank, targets and versions)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(key["model"])).name)[-40:]
+    return cache_dir() / f"{name}-b{key['batch']}-l{key['length']}-{key['dtype']}-{digest}.json"
+
+
+def parse_budget(text: str | int, profile: CostProfile | None = None) -> int:
+    """Bytes of a budget: "6GiB", "750MiB", "8GB", 123456789, a GPU name, or "40%" of all units' cost."""
+    raw = str(text).strip()
+    lowered = raw.lower().replace(" ", "").replace("_", "")
+    if lowered.endswith("%"):
+        budget = _fraction_budget(raw, lowered[:-1], profile)
+    elif lowered in GPUS:
+        budget = usable_gpu_bytes(lowered)
+    else:
+        budget = _byte_budget(raw, lowered)
+    if profile is not None and budget < profile.fixed_mem:
+        raise BudgetError(f"budget {raw!r} = {_human(budget)} is below the minimum of {_human(profile.fixed_mem)} "
+                          f"(frozen model + head training) for {profile.model} at batch {profile.batch}")
+    return budget
+
+
+def usable_gpu_bytes(name: str) -> int:
+    """A GPU's total memory minus the reserve for CUDA context and allocator."""
+    total = GPUS[name]
+    return int(total - GPU_RESERVE_FIXED - GPU_RESERVE_FRACTION * total)
+
+
+def _byte_budget(raw: str, lowered: str) -> int:
+    """Bytes from a number with an optional unit suffix."""
+    match = re.fullmatch(r"([+-]?\d+(?:\.\d*)?(?:e[+-]?\d+)?)([a-z]*)", lowered)
+    if match is None or match.group(2) not in UNITS | {"": 1}:
+        if re.fullmatch(r"[a-z][a-z0-9.-]*", lowered):
+            raise BudgetError(f"unknown GPU name {raw!r}; known: {', '.join(GPUS)}")
+        raise BudgetError(f"cannot parse budget {raw!r}; use bytes like '6GiB', '750MiB', '8GB', 123456789, "
+                          f"a GPU name ({', '.join(GPUS)}) or a percentage like '40%'")
+    value = float(match.group(1)) * (UNITS.get(match.group(2), 1))
+    if value < 0:
+        raise BudgetError(f"budget {raw!r} is negative")
+    return int(value)
+
+
+def _fraction_budget(raw: str, number: str, profile: CostProfile | None) -> int:
+    """A percentage of the cost of training every unit."""
+    try:
+        percent = float(number)
+    except ValueError:
+        raise BudgetError(f"cannot parse budget {raw!r} as a percentage") from None
+    if percent < 0:
+        raise BudgetError(f"budget {raw!r} is negative")
+    if profile is None:
+        raise BudgetError(f"budget {raw!r} is a fraction of the all-units cost and needs a cost profile")
+    return int(percent / 100 * mem_of(profile, range(profile.num_units)))
+
+
+def _human(size: int) -> str:
+    """Bytes as MiB below 1 GiB, else GiB."""
+    return f"{size / MiB:.1f} MiB" if size < GiB else f"{size / GiB:.2f} GiB"

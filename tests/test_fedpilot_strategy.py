@@ -1,0 +1,95 @@
+"""The fedpilot strategy on a synthetic cost profile: budgets respected, values steer, STAgg merges."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedpilot.assign.budgets import ClientBudget, client_budgets, group_of_clients, parse_upload
+from fedpilot.client import ClientUpdate
+from fedpilot.config import load_config
+from fedpilot.memory.cost import BudgetError, CostProfile, MiB, mem_of
+from fedpilot.models.units import Unit, UnitMap
+from fedpilot.strategies import StrategyContext, make_strategy
+
+N = 4
+PROFILE = CostProfile(model="synthetic", batch=16, length=64, dtype="fp32", rank=8, targets=("query", "value"),
+                      frozen=100 * MiB, head=1 * MiB, head_path=1 * MiB, peak=2 * MiB, state=(2 * MiB,) * N,
+                      path=tuple((N - k) * 100 * MiB for k in range(N)), lora=(1 * MiB,) * N,
+                      head_path_per_example=0.0, peak_per_example=0.0, path_per_example=(0.0,) * N,
+                      lora_per_example=(0.0,) * N)
+UNIT_MAP = UnitMap(tuple(Unit(j, f"layer.{j}.", (f"layer.{j}.lora_A", f"layer.{j}.lora_B")) for j in range(N)),
+                   ("classifier.weight",))
+
+
+def context(budgets: list[ClientBudget], *overrides: str) -> StrategyContext:
+    config = load_config(None, ["strategy.name=fedpilot", *overrides])
+    return StrategyContext(UNIT_MAP, [10] * len(budgets), config, PROFILE, budgets, (1000,) * N)
+
+
+def test_every_plan_fits_its_budgets_and_weak_clients_get_high_units():
+    budgets = [ClientBudget(0, mem_of(PROFILE, [2]) + 5 * MiB, None), ClientBudget(1, 10**12, None),
+               ClientBudget(2, 10**12, 2500)]
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=uniform"))
+    plans = strategy.assign(1, [0, 1, 2])
+    assert plans[0].units == (2, 3)
+    assert plans[1].units == (0, 1, 2, 3)
+    assert len(plans[2].units) == 2
+    for client, plan in plans.items():
+        assert plan.estimated_bytes == mem_of(PROFILE, plan.units) <= budgets[client].memory
+        assert plan.upload_bytes == 1000 * len(plan.units)
+    assert plans[2].upload_bytes <= 2500
+
+
+def test_a_client_that_affords_no_unit_trains_the_head_only():
+    budgets = [ClientBudget(0, PROFILE.fixed_mem + MiB, None)]
+    plans = make_strategy("fedpilot", context(budgets)).assign(1, [0])
+    assert plans[0].units == () and plans[0].estimated_bytes == PROFILE.fixed_mem
+
+
+def test_local_scores_steer_the_choice_when_upload_binds():
+    budgets = [ClientBudget(0, 10**12, 1100)]
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=local", "strategy.bonus=false"))
+    assert strategy.score_request(1, [0]) == {0: (0, 1, 2, 3)}
+    strategy.receive_scores(1, {0: {0: 0.1, 1: 5.0, 2: 0.2, 3: 0.3}})
+    assert strategy.assign(1, [0])[0].units == (1,)
+
+
+def test_uniform_and_random_values_need_no_scores():
+    budgets = [ClientBudget(0, 10**12, None)]
+    assert make_strategy("fedpilot", context(budgets, "strategy.value=uniform")).score_request(1, [0]) == {}
+    assert make_strategy("fedpilot", context(budgets, "strategy.value=random")).score_request(1, [0]) == {}
+
+
+def state(value: float) -> dict[str, torch.Tensor]:
+    keys = [k for u in UNIT_MAP.units for k in u.lora_keys] + list(UNIT_MAP.head_keys)
+    return {k: torch.full((2,), value) for k in keys}
+
+
+def test_aggregate_moves_only_trained_units_and_averages_the_head():
+    budgets = [ClientBudget(0, 10**12, None)] * 2
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=uniform", "strategy.dwa=false"))
+    strategy.assign(1, [0, 1])
+    update_a = ClientUpdate(0, {"layer.3.lora_A": torch.full((2,), 2.0), "classifier.weight": torch.full((2,), 1.0)}, 10)
+    update_b = ClientUpdate(1, {"classifier.weight": torch.full((2,), 3.0)}, 30)
+    new, metrics = strategy.aggregate(1, state(0.0), [update_a, update_b])
+    assert torch.equal(new["classifier.weight"], torch.full((2,), 2.5))
+    # unit 3: D = 2, H = 2, alpha = 1/2 -> W = 0 + 1 * (0.5 * 2 + 0.5 * 2) = 2 on lora_A; lora_B got D = 0
+    assert torch.allclose(new["layer.3.lora_A"], torch.full((2,), 2.0))
+    assert torch.equal(new["layer.0.lora_A"], torch.zeros(2))
+    assert metrics["units"][3]["coverage"] == 1 and metrics["units"][0]["coverage"] == 0
+    assert strategy.trained_rounds == [0, 0, 0, 1]
+
+
+def test_budget_groups_and_upload_parsing():
+    assert group_of_clients([1 / 3, 1 / 3, 1 / 3], 6) == [0, 0, 1, 1, 2, 2]
+    assert parse_upload("unlimited") is None
+    assert parse_upload("2MiB") == 2 * MiB
+    assert parse_upload("8Mbit/s*30s") == 30_000_000
+    with pytest.raises(BudgetError, match="upload"):
+        parse_upload("fast")
+    budgets = client_budgets([(0.5, "50%", "1KiB"), (0.5, "t4-16g", "unlimited")], 4, PROFILE)
+    assert budgets[0].memory == int(0.5 * mem_of(PROFILE, range(N))) and budgets[0].upload == 1024
+    assert budgets[3].group == 1 and budgets[3].upload is None
+    with pytest.raises(BudgetError, match=r"clients.groups\[0\].*below the minimum"):
+        client_budgets([(1.0, "1MiB", "unlimited")], 2, PROFILE)
