@@ -1,4 +1,7 @@
-"""`fedpilot` command line: run, data-stats, strategies. Bad input exits with code 2, no traceback."""
+"""`fedpilot` command line: run, compare, plot, profile, data-stats, strategies.
+
+Each command parses its options and calls one function; bad input exits with code 2, no traceback.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,12 @@ from rich.console import Console
 
 from fedpilot.config import Config, ConfigError, load_config
 from fedpilot.data.sources import DataError
+from fedpilot.memory.cost import BudgetError
 from fedpilot.models.loading import ModelError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated LoRA fine-tuning under memory budgets.")
 console = Console()
-USER_ERRORS = (ConfigError, DataError, ModelError)
+USER_ERRORS = (ConfigError, DataError, ModelError, BudgetError)
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML preset (see configs/)")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override, e.g. train.lr=1e-3")]
@@ -52,6 +56,57 @@ def run(config: ConfigOption = None, set_: SetOption = None) -> None:
         fail(str(error))
     console.print(round_table(read_rounds(run_dir)))
     console.print(summary_table(summary, str(run_dir)))
+
+
+@app.command()
+def compare(
+    study: Annotated[Path, typer.Option("--study", help="study YAML (see configs/studies/)")],
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="run only this method label (repeatable)")] = None,
+) -> None:
+    """Run a study's grid of runs (skipping finished ones), then write its tables and plots."""
+    from fedpilot.report.compare import run_compare
+
+    try:
+        run_compare(study, only or [], console)
+    except USER_ERRORS as error:
+        fail(str(error))
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="run directories")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write")],
+) -> None:
+    """Draw the test accuracy vs round of any run directories on one chart."""
+    from fedpilot.report.plots import RunDirError, plot_runs
+
+    try:
+        console.print(f"wrote {plot_runs(runs, out)}", highlight=False)
+    except RunDirError as error:
+        fail(str(error))
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Option(help="'minilm', a model folder or a config.json")] = "minilm",
+    batch: Annotated[int, typer.Option(help="examples per step")] = 32,
+    seq: Annotated[int, typer.Option(help="tokens per example (text models)")] = 128,
+    image_size: Annotated[Optional[int], typer.Option(help="image side in pixels (image models)")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32, bf16, or amp-bf16 (bf16 autocast, device cpu)")] = "fp32",
+    device: Annotated[str, typer.Option(help="meta (no memory, no compute) or cpu")] = "meta",
+    rank: Annotated[int, typer.Option(help="LoRA rank")] = 8,
+    targets: Annotated[str, typer.Option(help="comma-separated LoRA targets, e.g. query,value; "
+                                              "default the model's query/value projections")] = "",
+    out: Annotated[Path, typer.Option(help="folder for the profile JSON and PNG")] = Path("results/profile"),
+) -> None:
+    """Measure the memory cost profile Mem(S) of a model and write it as a table, JSON and PNG."""
+    from fedpilot.memory.plot import run_profile_command
+
+    try:
+        run_profile_command(model, batch, seq, image_size, dtype, device, rank,
+                            [t.strip() for t in targets.split(",") if t.strip()], out, console)
+    except USER_ERRORS as error:
+        fail(str(error))
 
 
 @app.command("data-stats")

@@ -1,0 +1,216 @@
+"""`fedpilot compare`: run a study's grid (resumably), then tabulate and plot it from the run directories.
+
+A run directory holding `summary.json` is finished and never rerun; one without it was interrupted
+and is removed and run again, so the study's runs always land in their planned directories.
+Results go to `<results_dir>/<study>/`: `table.md`, `table.csv`, and a PNG per setting.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from fedpilot.config import dump_config
+from fedpilot.engines.local import run_local
+from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
+from fedpilot.report.records import read_rounds
+from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, select_runs
+
+COLUMNS = ("dataset", "partition", "method", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean",
+           "rounds_to_95pct_ref", "units_per_client", "peak_mem_over_budget", "upload_bytes_per_round")
+FORMATS = {"final_acc_mean": "{:.4f}", "final_acc_std": "{:.4f}", "best_acc_mean": "{:.4f}",
+           "rounds_to_95pct_ref": "{:g}", "units_per_client": "{:.2f}", "peak_mem_over_budget": "{:.3f}",
+           "upload_bytes_per_round": "{:,.0f}"}
+HEADINGS = {"final_acc_mean": "final acc", "final_acc_std": "± std", "best_acc_mean": "best acc",
+            "rounds_to_95pct_ref": "rounds to 95% ref", "units_per_client": "units per client",
+            "peak_mem_over_budget": "peak mem / budget", "upload_bytes_per_round": "upload B / round"}
+Setting = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run's planned key with its summary and round records, read from its directory."""
+
+    run: PlannedRun
+    summary: dict[str, Any]
+    rounds: list[dict[str, Any]]
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether a run directory holds summary.json (written last)."""
+    return (run_dir / "summary.json").is_file()
+
+
+def finished_note(run: PlannedRun) -> str:
+    """What to say about a finished run that is skipped, warning when its config no longer matches."""
+    config_file = run.run_dir / "config.yaml"
+    if config_file.is_file() and config_file.read_text() == dump_config(run.config):
+        return "finished earlier; skipped"
+    return "finished earlier; skipped [yellow](its config.yaml differs from the study's: delete it to rerun)[/]"
+
+
+def run_study(runs: list[PlannedRun], console: Console) -> int:
+    """Run, in order, every planned run not finished yet; returns how many ran now."""
+    ran = 0
+    for index, run in enumerate(runs, 1):
+        console.rule(f"run {index}/{len(runs)}: {run.name}")
+        if is_finished(run.run_dir):
+            console.print(finished_note(run))
+            continue
+        if run.run_dir.exists():
+            console.print(f"removing interrupted run {run.run_dir}", highlight=False)
+            shutil.rmtree(run.run_dir)
+        _, summary = run_local(run.config, console)
+        console.print(f"final accuracy {summary['final_accuracy']:.4f}")
+        ran += 1
+    console.print(f"all {len(runs)} runs done: {ran} ran now, {len(runs) - ran} had finished earlier")
+    return ran
+
+
+def read_results(runs: list[PlannedRun]) -> list[RunResult]:
+    """The finished runs among `runs`, read from their directories."""
+    return [RunResult(run, json.loads((run.run_dir / "summary.json").read_text()), read_rounds(run.run_dir))
+            for run in runs if is_finished(run.run_dir)]
+
+
+def rounds_to_reach(rounds: list[dict[str, Any]], target: float) -> int | None:
+    """First round whose test accuracy reaches `target`, or None."""
+    return next((r["round"] for r in rounds if r.get("test_accuracy") is not None and r["test_accuracy"] >= target),
+                None)
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    """Mean of the values, or None when there are none."""
+    return float(np.mean(values)) if values else None
+
+
+def rounds_to_reference(results: list[RunResult], reference: float | None) -> float | None:
+    """Mean over seeds of the rounds to reach 95% of the reference accuracy; None if a seed never does."""
+    if reference is None:
+        return None
+    reached = [rounds_to_reach(r.rounds, 0.95 * reference) for r in results]
+    return None if None in reached else mean_or_none(reached)
+
+
+def group_stats(results: list[RunResult], reference: float | None) -> dict[str, Any]:
+    """The numeric columns of one (dataset, partition, method) row over its seeds.
+
+    A client the strategy left out (a record without `units`) counts as training 0 units.
+    """
+    finals = [r.summary["final_accuracy"] for r in results if r.summary.get("final_accuracy") is not None]
+    clients = [c for r in results for record in r.rounds for c in record["clients"]]
+    ratios = [ratio for ratio in map(memory_ratio, clients) if ratio is not None]
+    uploads = [[c["upload_bytes"] for c in record["clients"] if c.get("upload_bytes") is not None]
+               for r in results for record in r.rounds]
+    return {
+        "seeds": len(results),
+        "final_acc_mean": mean_or_none(finals),
+        "final_acc_std": float(np.std(finals)) if finals else None,
+        "best_acc_mean": mean_or_none([r.summary["best_accuracy"] for r in results
+                                       if r.summary.get("best_accuracy") is not None]),
+        "rounds_to_95pct_ref": rounds_to_reference(results, reference),
+        "units_per_client": mean_or_none([len(c.get("units", ())) for c in clients]),
+        "peak_mem_over_budget": max(ratios) if ratios else None,
+        "upload_bytes_per_round": mean_or_none([sum(u) for u in uploads if u]),
+    }
+
+
+def group_results(results: list[RunResult]) -> dict[tuple[str, str, str], list[RunResult]]:
+    """Finished runs by (dataset, partition, method), in study order."""
+    groups: dict[tuple[str, str, str], list[RunResult]] = defaultdict(list)
+    for result in results:
+        groups[(result.run.dataset, result.run.partition, result.run.method)].append(result)
+    return groups
+
+
+def table_rows(results: list[RunResult], reference_label: str | None) -> list[dict[str, Any]]:
+    """One row per (dataset, partition, method); rounds-to-95% against the reference's mean final accuracy."""
+    groups = group_results(results)
+    rows = []
+    for (dataset, partition, method), members in groups.items():
+        reference_runs = groups.get((dataset, partition, reference_label), [])
+        reference = mean_or_none([r.summary["final_accuracy"] for r in reference_runs
+                                  if r.summary.get("final_accuracy") is not None])
+        rows.append({"dataset": dataset, "partition": partition, "method": method,
+                     **group_stats(members, reference)})
+    return rows
+
+
+def formatted(row: dict[str, Any]) -> list[str]:
+    """A row's cells as shown in Markdown and on the terminal; missing values are empty."""
+    return ["" if row[c] is None else FORMATS.get(c, "{}").format(row[c]) for c in COLUMNS]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(formatted(row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV with full-precision numbers; missing values are empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{c: "" if row[c] is None else row[c] for c in COLUMNS} for row in rows])
+    return buffer.getvalue()
+
+
+def rich_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """The rows as a terminal table."""
+    table = Table(title=title)
+    for column in COLUMNS:
+        text = column in ("dataset", "partition", "method")
+        table.add_column(HEADINGS.get(column, column), justify="left" if text else "right", no_wrap=text)
+    for row in rows:
+        table.add_row(*formatted(row))
+    return table
+
+
+def plot_results(results: list[RunResult], out_dir: Path) -> list[Path]:
+    """Accuracy-vs-round and budget-use PNGs for each (dataset, partition) setting."""
+    settings: dict[Setting, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        settings[(result.run.dataset, result.run.partition)][result.run.method].append(result.run.run_dir)
+    paths = []
+    for (dataset, partition), dirs in settings.items():
+        stem = f"{dataset}-{partition}"
+        paths.append(plot_accuracy(dirs, f"{dataset}, {partition}", out_dir / f"accuracy-{stem}.png"))
+        budget = plot_budget(dirs, f"memory use per client group: {dataset}, {partition}", out_dir / f"budget-{stem}.png")
+        paths += [budget] if budget else []
+    return paths
+
+
+def write_results(study: Study, runs: list[PlannedRun], console: Console) -> list[Path]:
+    """Table (Markdown, CSV) and plots of the study's finished runs; returns the files written."""
+    results = read_results(runs)
+    rows = table_rows(results, study.reference_label())
+    out_dir = study.result_root
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "table.md").write_text(markdown_table(rows))
+    (out_dir / "table.csv").write_text(csv_table(rows))
+    paths = [out_dir / "table.md", out_dir / "table.csv", *plot_results(results, out_dir)]
+    console.print(rich_table(rows, f"study {study.name}: {len(results)}/{len(runs)} runs finished"))
+    console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
+    return paths
+
+
+def run_compare(study_path: str | Path, only: list[str], console: Console) -> list[Path]:
+    """`fedpilot compare`: expand the study, run what is missing (of the `only` methods), write the results."""
+    study = load_study(study_path)
+    runs, skipped = expand_study(study)
+    for name, reason in skipped:
+        console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
+    run_study(select_runs(runs, study, only), console)
+    return write_results(study, runs, console)

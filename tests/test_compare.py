@@ -1,0 +1,187 @@
+"""Studies: grid expansion, resumable running, tables from hand-written run directories, plots, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+
+from fedpilot.cli import app
+from fedpilot.config import ConfigError
+from fedpilot.report import compare
+from fedpilot.report.records import RunRecorder, fresh_run_dir, summarize
+from fedpilot.report.study import expand_study, load_study, select_runs
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET = Console(quiet=True)
+
+
+def write_study(tmp_path: Path, grid: dict, **extra) -> Path:
+    """A study file in tmp_path whose runs and results stay in tmp_path."""
+    study = {"name": "t", "runs_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+             "grid": grid, **extra}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def write_run(run_dir: Path, config, accuracies: list[float], clients: list[dict]) -> None:
+    """A finished run directory with one evaluated round per accuracy, each with the same clients."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recorder = RunRecorder(run_dir, config)
+    rounds = [{"round": i, "clients": clients, "strategy": {}, "test_accuracy": acc, "test_loss": 1.0,
+               "round_seconds": 1.0, "wall_seconds": float(i)} for i, acc in enumerate(accuracies, 1)]
+    for record in rounds:
+        recorder.log_round(record)
+    recorder.write_summary(summarize(rounds, 3.0))
+
+
+def client(cid: int, units: int, estimated: int, budget: int, upload: int, **more) -> dict:
+    """One client record as the local engine writes it."""
+    return {"id": cid, "examples": 10, "units": list(range(units)), "budget_bytes": budget,
+            "estimated_bytes": estimated, "upload_bytes": upload, "scores": None, "loss": 1.0, **more}
+
+
+GRID = {
+    "methods": ["fedavg-full", "fedpilot", {"name": "fedpilot", "label": "fp-uniform", "set": ["strategy.value=uniform"]}],
+    "datasets": ["20newsgroups", "reuters-r8"],
+    "partitions": [{"kind": "iid"}, {"kind": "pathological", "classes_per_client": 10}],
+    "seeds": [0, 1],
+}
+
+
+def test_grid_expands_in_order_and_skips_pathological_k_above_the_label_count(tmp_path):
+    study = load_study(write_study(tmp_path, GRID, overrides=["train.rounds=2"]))
+    runs, skipped = expand_study(study)
+    assert len(runs) == 18 and len(skipped) == 6
+    assert [r.name for r in runs[:4]] == ["fedavg-full-20newsgroups-iid-s0", "fedpilot-20newsgroups-iid-s0",
+                                          "fp-uniform-20newsgroups-iid-s0", "fedavg-full-20newsgroups-iid-s1"]
+    assert {name for name, _ in skipped} == {f"{m}-reuters-r8-path-k10-s{s}"
+                                             for m in ("fedavg-full", "fedpilot", "fp-uniform") for s in (0, 1)}
+    assert "exceeds the 8 labels" in skipped[0][1]
+    by_name = {r.name: r for r in runs}
+    ablation = by_name["fp-uniform-20newsgroups-path-k10-s1"].config
+    assert (ablation.strategy.name, ablation.strategy.value, ablation.seed) == ("fedpilot", "uniform", 1)
+    assert ablation.partition.classes_per_client == 10 and ablation.train.rounds == 2
+    assert by_name["fedpilot-reuters-r8-iid-s0"].config.strategy.value == "combined"
+    assert runs[0].run_dir == tmp_path / "runs" / "t" / "fedavg-full-20newsgroups-iid-s0"
+    assert runs[0].config.run_name() == runs[0].name
+    assert len(select_runs(runs, study, ["fp-uniform"])) == 6
+    with pytest.raises(ConfigError, match="unknown method labels"):
+        select_runs(runs, study, ["nope"])
+
+
+@pytest.mark.parametrize("grid, extra, message", [
+    ({"methods": ["fedpilot"], "seed": [0]}, {}, "grid.seed: unknown key"),
+    ({"methods": ["fedpilott"]}, {}, "grid.methods.0.name: .*unknown strategy 'fedpilott'"),
+    ({"methods": ["fedpilot", {"name": "fedpilot", "set": ["strategy.bonus=false"]}]}, {}, "labels \\['fedpilot'\\] repeat"),
+    ({"methods": ["fedpilot"], "partitions": [{"kind": "iid", "alpha": 0.1}]}, {}, "alpha applies to kind dirichlet"),
+    ({"methods": ["fedpilot"]}, {"overrides": ["train.rouds=2"]}, "train.rouds: unknown key"),
+    ({"methods": ["fedpilot"]}, {"overrides": ["output.dir=x"]}, "output.\\* is set by the study"),
+])
+def test_bad_study_files_are_config_errors_naming_the_field(tmp_path, grid, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        expand_study(load_study(write_study(tmp_path, grid, **extra)))
+
+
+def fake_study(tmp_path: Path):
+    """Two methods x two seeds on one setting, with hand-written run directories."""
+    study = load_study(write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"], "seeds": [0, 1]}))
+    runs, _ = expand_study(study)
+    full = [client(0, 6, 90, 100, 40), client(1, 6, 90, 100, 40)]
+    pilot = [client(0, 2, 60, 100, 10), client(1, 4, 90, 100, 20, measured_bytes=110), {"id": 2, "skipped": "budget"}]
+    curves = {"fedavg-full-20newsgroups-iid-s0": [0.5, 0.8, 0.9], "fedavg-full-20newsgroups-iid-s1": [0.4, 0.7, 0.7],
+              "fedpilot-20newsgroups-iid-s0": [0.6, 0.77, 0.8], "fedpilot-20newsgroups-iid-s1": [0.5, 0.7, 0.78]}
+    for run in runs:
+        write_run(run.run_dir, run.config, curves[run.name], full if run.method == "fedavg-full" else pilot)
+    return study, runs
+
+
+def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
+    study, runs = fake_study(tmp_path)
+    paths = compare.write_results(study, runs, QUIET)
+    rows = {row["method"]: row for row in csv.DictReader((tmp_path / "results/t/table.csv").open())}
+    full, pilot = rows["fedavg-full"], rows["fedpilot"]
+    assert (pilot["dataset"], pilot["partition"], pilot["seeds"]) == ("20newsgroups", "iid", "2")
+    assert float(full["final_acc_mean"]) == pytest.approx(0.8) and float(full["final_acc_std"]) == pytest.approx(0.1)
+    assert float(pilot["final_acc_mean"]) == pytest.approx(0.79) and float(pilot["final_acc_std"]) == pytest.approx(0.01)
+    assert float(full["best_acc_mean"]) == pytest.approx(0.8)
+    # reference = mean fedavg-full final accuracy 0.8 -> target 0.76: fedpilot reaches it in rounds 2 and 3
+    assert float(pilot["rounds_to_95pct_ref"]) == 2.5
+    assert full["rounds_to_95pct_ref"] == ""  # seed 1 peaks at 0.7
+    assert float(pilot["units_per_client"]) == 2.0 and float(full["units_per_client"]) == 6.0
+    assert float(pilot["peak_mem_over_budget"]) == pytest.approx(1.1)  # measured beats the estimate
+    assert float(full["peak_mem_over_budget"]) == pytest.approx(0.9)
+    assert float(pilot["upload_bytes_per_round"]) == 30 and float(full["upload_bytes_per_round"]) == 80
+    names = {p.name for p in paths}
+    assert {"table.md", "table.csv", "accuracy-20newsgroups-iid.png", "budget-20newsgroups-iid.png"} <= names
+    assert (tmp_path / "results/t/table.md").read_text().count("\n") == 4
+    assert "| 20newsgroups | iid | fedpilot | 2 | 0.7900 | 0.0100 | 0.7900 | 2.5 |" in (
+        tmp_path / "results/t/table.md").read_text()
+
+
+def test_no_reference_leaves_rounds_to_95pct_empty(tmp_path):
+    study, runs = fake_study(tmp_path)
+    rows = compare.table_rows(compare.read_results(runs[1::2]), study.reference_label())
+    assert [row["rounds_to_95pct_ref"] for row in rows] == [None]
+
+
+def test_compare_resumes_finished_runs_and_reruns_interrupted_ones_in_place(tmp_path, monkeypatch):
+    path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]})
+    runs, _ = expand_study(load_study(path))
+    write_run(runs[0].run_dir, runs[0].config, [0.5], [client(0, 6, 90, 100, 40)])
+    runs[1].run_dir.mkdir(parents=True)
+    (runs[1].run_dir / "metrics.jsonl").write_text("")  # interrupted before summary.json
+    calls = []
+
+    def fake_run_local(config, console):
+        run_dir = fresh_run_dir(config.output.dir, config.run_name())
+        calls.append(run_dir)
+        write_run(run_dir, config, [0.6], [client(0, 3, 50, 100, 20)])
+        return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+    monkeypatch.setattr(compare, "run_local", fake_run_local)
+    compare.run_compare(path, [], QUIET)
+    assert calls == [runs[1].run_dir]
+    compare.run_compare(path, [], QUIET)
+    assert len(calls) == 1
+    assert compare.finished_note(runs[0]) == "finished earlier; skipped"
+    (runs[0].run_dir / "config.yaml").write_text("changed")
+    assert "differs from the study's" in compare.finished_note(runs[0])
+    rows = list(csv.DictReader((tmp_path / "results/t/table.csv").open()))
+    assert [(r["method"], r["final_acc_mean"]) for r in rows] == [("fedavg-full", "0.5"), ("fedpilot", "0.6")]
+
+
+def test_plot_command_draws_runs_and_rejects_non_run_dirs(tmp_path):
+    _, runs = fake_study(tmp_path)
+    out = tmp_path / "plots" / "acc.png"
+    result = CliRunner().invoke(app, ["plot", str(runs[0].run_dir), str(runs[1].run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = CliRunner().invoke(app, ["plot", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 2 and "(no metrics.jsonl)" in result.output
+
+
+def test_compare_command_reports_a_bad_study_with_exit_code_2(tmp_path):
+    path = write_study(tmp_path, {"methods": ["fedpilot"], "sedes": [0]})
+    result = CliRunner().invoke(app, ["compare", "--study", str(path)])
+    assert result.exit_code == 2 and "grid.sedes: unknown key" in result.output
+
+
+@pytest.mark.slow
+def test_tiny_real_comparison_end_to_end(tmp_path):
+    overrides = ["train.rounds=1", "train.local_steps=2", "data.max_train_examples=300", "eval.max_examples=100",
+                 "model.max_length=48"]
+    path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]}, base=str(REPO / "configs/hetero.yaml"),
+                       overrides=overrides)
+    compare.run_compare(path, [], QUIET)
+    rows = list(csv.DictReader((tmp_path / "results/t/table.csv").open()))
+    assert [r["method"] for r in rows] == ["fedavg-full", "fedpilot"]
+    assert all(0 <= float(r["final_acc_mean"]) <= 1 and r["seeds"] == "1" for r in rows)
+    assert float(rows[0]["units_per_client"]) == 6 and float(rows[1]["units_per_client"]) < 6
+    assert (tmp_path / "results/t/accuracy-20newsgroups-iid.png").is_file()
