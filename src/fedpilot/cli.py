@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from fedpilot.config import Config, ConfigError, load_config
+from fedpilot.config import Config, ConfigError, config_differences, load_config
 from fedpilot.data.sources import DataError
 from fedpilot.memory.cost import BudgetError
 from fedpilot.models.loading import ModelError
@@ -40,19 +40,41 @@ def resolve(config: Path | None, overrides: list[str] | None) -> Config:
         fail(str(error))
 
 
+ResumeOption = Annotated[Optional[Path], typer.Option("--resume", help="continue the interrupted run in this directory")]
+
+
+def resume_config(run_dir: Path, config: Path | None, overrides: list[str] | None) -> Config:
+    """The saved config of a run to resume; options given as well must not change it."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        fail(f"{run_dir} is not a run directory (no config.yaml)")
+    if (run_dir / "summary.json").is_file():
+        fail(f"{run_dir} is complete (summary.json exists); nothing to resume")
+    saved = resolve(saved_file, None)
+    requested = resolve(config or saved_file, overrides)
+    changed = config_differences(saved, requested)
+    if changed:
+        fail("resume with a changed config; differing keys:\n  " + "\n  ".join(changed))
+    return saved
+
+
 @app.command()
-def run(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Run one federated fine-tuning job and print its results table."""
-    from fedpilot.engines.local import run_local
+def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None) -> None:
+    """Run one federated fine-tuning job (or resume one) and print its results table."""
+    from fedpilot.engines.local import resume_local, run_local
+    from fedpilot.report.checkpoint import CheckpointError
     from fedpilot.report.records import read_rounds
     from fedpilot.report.tables import round_table, summary_table
 
-    cfg = resolve(config, set_)
+    cfg = resume_config(resume, config, set_) if resume is not None else resolve(config, set_)
     console.print(f"[bold]fedpilot[/] {cfg.strategy.name} on {cfg.data.name} ({cfg.partition.kind}), "
                   f"{cfg.clients.num_clients} clients, {cfg.clients.per_round}/round, {cfg.train.rounds} rounds")
     try:
-        run_dir, summary = run_local(cfg, console)
-    except USER_ERRORS as error:
+        if resume is not None:
+            run_dir, summary = resume, resume_local(resume, cfg, console)
+        else:
+            run_dir, summary = run_local(cfg, console)
+    except (*USER_ERRORS, CheckpointError) as error:
         fail(str(error))
     console.print(round_table(read_rounds(run_dir)))
     console.print(summary_table(summary, str(run_dir)))

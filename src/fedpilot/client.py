@@ -12,7 +12,12 @@ from datasets import Dataset
 from torch import nn
 
 from fedpilot.assign.ig_score import local_scores
+from fedpilot.memory.profiler import SavedBytesMeter
 from fedpilot.models.units import UnitMap, adapter_state, load_adapter_state, set_trainable
+
+
+class BudgetExceeded(RuntimeError):
+    """A client's measured memory in a step went over its budget; the step was stopped."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,36 @@ def batch_indices(num_examples: int, steps: int, batch_size: int, generator: tor
     return list(order[:needed].split(batch_size))
 
 
+def tensor_bytes(tensors) -> int:
+    """Bytes of the given tensors' elements."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class MemoryWatch:
+    """Measured memory of a client's steps: weights + grads + AdamW moments + saved activations.
+
+    `measured` adds the peak of saved-activation bytes (from a saved-tensor hook) to the resident
+    bytes; the profiled transient peak of a step is added before comparing with the budget, since
+    temporaries are not visible to the hook. Over budget raises `BudgetExceeded` mid-round.
+    """
+
+    def __init__(self, model: nn.Module, trainable: list[torch.Tensor], transient: int, budget: int | None) -> None:
+        self.resident = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers()) + 3 * tensor_bytes(trainable)
+        self.transient = transient
+        self.budget = budget
+        self.meter = SavedBytesMeter(model)
+
+    @property
+    def measured(self) -> int:
+        """Resident bytes plus the largest saved-activation total seen so far."""
+        return self.resident + self.meter.peak_saved
+
+    def check(self) -> None:
+        """Stop the client when measured memory plus the transient peak exceeds the budget."""
+        if self.budget is not None and self.measured + self.transient > self.budget:
+            raise BudgetExceeded(f"measured {self.measured + self.transient} bytes exceed the budget of {self.budget}")
+
+
 def to_inputs(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     """Model keyword arguments for a tokenized batch (`label` becomes `labels`)."""
     inputs = {key: value.to(device) for key, value in batch.items() if key != "label"}
@@ -73,25 +108,29 @@ def to_inputs(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Te
 
 
 def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, torch.Tensor], plan: Plan,
-                 data: Dataset, settings: TrainSettings, client_id: int, seed: int) -> ClientUpdate:
-    """Train the plan's units (and head) on the client's data with AdamW; return the update."""
+                 data: Dataset, settings: TrainSettings, client_id: int, seed: int, transient: int = 0) -> ClientUpdate:
+    """Train the plan's units (and head) with AdamW under the memory watch; return the update."""
     started = time.perf_counter()
     load_adapter_state(model, global_state)
     trainable = set(set_trainable(model, unit_map, plan.units))
     params = [p for name, p in model.named_parameters() if name in trainable]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    watch = MemoryWatch(model, params, transient, plan.budget_bytes)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.train()
     losses = []
-    for indices in batch_indices(len(data), plan.local_steps, settings.batch_size, generator):
-        with autocast(settings.precision, settings.device):
-            loss = model(**to_inputs(data[indices], settings.device)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    metrics = {"loss": sum(losses) / len(losses), "steps": len(losses), "seconds": time.perf_counter() - started}
+    with watch.meter:
+        for indices in batch_indices(len(data), plan.local_steps, settings.batch_size, generator):
+            with autocast(settings.precision, settings.device):
+                loss = model(**to_inputs(data[indices], settings.device)).loss
+            watch.check()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    metrics = {"loss": sum(losses) / len(losses), "steps": len(losses), "seconds": time.perf_counter() - started,
+               "measured_bytes": watch.measured + transient}
     return ClientUpdate(client_id, adapter_state(model, unit_map, plan.units), len(data), metrics)
 
 

@@ -86,6 +86,10 @@ class ClientsConfig(_Section):
     per_round: int = Field(5, gt=0, description="clients sampled each round")
     groups: list[ClientGroup] = Field([ClientGroup()], min_length=1,
                                       description="budget groups, assigned to client ids in order")
+    failure_rate: float = Field(0.0, ge=0, lt=1, description="probability that a client fails in a round "
+                                                              "(injected, seeded; for reliability tests)")
+    on_over_budget: Literal["fail", "drop"] = Field(
+        "fail", description="a client whose measured memory exceeds its budget: fail the run, or drop its update")
 
     @model_validator(mode="after")
     def _sample_fits(self) -> ClientsConfig:
@@ -223,6 +227,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for text in overrides:
         apply_override(raw, *parse_override(text))
     return build_config(raw)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict as {"section.field": value}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs, as `key: old -> new`."""
+    before, after = flatten(old.model_dump(mode="json")), flatten(new.model_dump(mode="json"))
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
 
 
 def dump_config(config: Config) -> str:

@@ -1,7 +1,8 @@
 """`fedpilot compare`: run a study's grid (resumably), then tabulate and plot it from the run directories.
 
-A run directory holding `summary.json` is finished and never rerun; one without it was interrupted
-and is removed and run again, so the study's runs always land in their planned directories.
+A run directory holding `summary.json` is finished and never rerun; one without it was interrupted:
+it resumes from its last checkpointed round, or (with no complete round) is removed and run again,
+so the study's runs always land in their planned directories.
 Results go to `<results_dir>/<study>/`: `table.md`, `table.csv`, and a PNG per setting.
 """
 
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedpilot.config import dump_config
-from fedpilot.engines.local import run_local
+from fedpilot.engines.local import resume_local, run_local
 from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
 from fedpilot.report.records import read_rounds
 from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, select_runs
@@ -67,10 +68,14 @@ def run_study(runs: list[PlannedRun], console: Console) -> int:
         if is_finished(run.run_dir):
             console.print(finished_note(run))
             continue
-        if run.run_dir.exists():
-            console.print(f"removing interrupted run {run.run_dir}", highlight=False)
-            shutil.rmtree(run.run_dir)
-        _, summary = run_local(run.config, console)
+        if (run.run_dir / "checkpoint" / "server.json").is_file():
+            console.print(f"resuming interrupted run {run.run_dir}", highlight=False)
+            summary = resume_local(run.run_dir, run.config, console)
+        else:
+            if run.run_dir.exists():
+                console.print(f"removing interrupted run {run.run_dir} (no complete round)", highlight=False)
+                shutil.rmtree(run.run_dir)
+            _, summary = run_local(run.config, console)
         console.print(f"final accuracy {summary['final_accuracy']:.4f}")
         ran += 1
     console.print(f"all {len(runs)} runs done: {ran} ran now, {len(runs) - ran} had finished earlier")

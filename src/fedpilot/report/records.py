@@ -45,15 +45,27 @@ class RunRecorder:
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def rewrite_rounds(self, rounds: list[dict[str, Any]]) -> None:
+        """Replace metrics.jsonl with exactly these rounds (used when resuming)."""
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write summary.json (marks the run as complete)."""
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
 
 
 def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All round records of a run."""
+    """All complete round records of a run (a line torn by a crash is left out)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.exists():
+        return []
+    rounds = []
+    for line in path.read_text().splitlines():
+        try:
+            rounds.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rounds
 
 
 def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
