@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,20 +33,22 @@ def without_times(value):
     return [without_times(v) for v in value] if isinstance(value, list) else value
 
 
-def cli_run(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """`fedpilot run` in a child process (so it can be killed for real)."""
-    return subprocess.Popen([sys.executable, "-m", "fedpilot.cli", "run", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def cli_run(log: Path, *args: str) -> subprocess.Popen:
+    """`fedpilot run` in a child process (so it can be killed for real), its output in `log`."""
+    with log.open("w") as handle:
+        return subprocess.Popen([sys.executable, "-m", "fedpilot.cli", "run", *args], stdout=handle,
+                                stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
 def test_sigkill_mid_round_then_resume_matches_the_uninterrupted_run(tmp_path):
-    sets = [*SMALL, "strategy.name=fedpilot", "train.rounds=3", "train.local_steps=6", f"output.dir={tmp_path}"]
+    sets = [*SMALL, "strategy.name=fedpilot", "train.rounds=3", "train.local_steps=6", "train.batch_size=16",
+            "model.max_length=64", f"output.dir={tmp_path}"]
     args = [a for s in sets for a in ("--set", s)] + ["--config", "configs/hetero.yaml"]
-    env = {**os.environ, "FEDPILOT_CACHE": os.environ["FEDPILOT_CACHE"]}
-    whole = cli_run(*args, "--set", "output.name=whole", env=env)
-    assert whole.wait(timeout=600) == 0, whole.stderr.read()
-    killed = cli_run(*args, "--set", "output.name=killed", env=env)
+    log = tmp_path / "log.txt"
+    whole = cli_run(log, *args, "--set", "output.name=whole")
+    assert whole.wait(timeout=600) == 0, log.read_text()
+    killed = cli_run(log, *args, "--set", "output.name=killed")
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 600
     while not (metrics.exists() and len(read_rounds(tmp_path / "killed")) >= 1) and time.time() < deadline:
@@ -56,8 +57,8 @@ def test_sigkill_mid_round_then_resume_matches_the_uninterrupted_run(tmp_path):
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not (tmp_path / "killed" / "summary.json").exists()
-    resumed = cli_run("--resume", str(tmp_path / "killed"), env=env)
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    resumed = cli_run(log, "--resume", str(tmp_path / "killed"))
+    assert resumed.wait(timeout=600) == 0, log.read_text()
     assert without_times(read_rounds(tmp_path / "killed")) == without_times(read_rounds(tmp_path / "whole"))
     whole_summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     resumed_summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
