@@ -40,7 +40,11 @@ def load_classifier(path: str, num_labels: int, seed: int, pad_token_id: int | N
     """Pretrained backbone + a new seeded classification head."""
     hf_logging.set_verbosity_error()
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(path), num_labels=num_labels)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(path), num_labels=num_labels,
+                                                                   use_safetensors=True)
+    except OSError as error:
+        raise ModelError(f"cannot load weights from {path!r} (only safetensors files are accepted): {error}") from None
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model
