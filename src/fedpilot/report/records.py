@@ -68,8 +68,29 @@ def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
     return rounds
 
 
+def unit_coverage(rounds: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per unit: in how many rounds it was trained by 0, 1, 2, ... clients (survivors only)."""
+    num_units = 1 + max((u for r in rounds for c in r["clients"] for u in c.get("units", [])), default=-1)
+    table: dict[str, dict[str, int]] = {str(j): {} for j in range(num_units)}
+    for record in rounds:
+        trained = [c["units"] for c in record["clients"] if "loss" in c]
+        for j in range(num_units):
+            count = str(sum(j in units for units in trained))
+            table[str(j)][count] = table[str(j)].get(count, 0) + 1
+    return table
+
+
+def ig_cost_fraction(rounds: list[dict[str, Any]]) -> float | None:
+    """Time spent on IG-Scores as a share of the scored clients' round time (scoring + training)."""
+    scored = [c for r in rounds for c in r["clients"] if "score_seconds" in c and "seconds" in c]
+    if not scored:
+        return None
+    scoring = sum(c["score_seconds"] for c in scored)
+    return scoring / (scoring + sum(c["seconds"] for c in scored))
+
+
 def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
-    """Final and best test accuracy, rounds run and wall time from the round records."""
+    """Final and best test accuracy, rounds, wall time, unit coverage and IG-Score cost from the records."""
     evaluated = [r for r in rounds if r.get("test_accuracy") is not None]
     accuracies = [r["test_accuracy"] for r in evaluated]
     return {
@@ -79,4 +100,6 @@ def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, An
         "best_round": evaluated[accuracies.index(max(accuracies))]["round"] if accuracies else None,
         "final_loss": evaluated[-1]["test_loss"] if evaluated else None,
         "wall_seconds": wall_seconds,
+        "unit_coverage": unit_coverage(rounds),
+        "ig_cost_fraction": ig_cost_fraction(rounds),
     }

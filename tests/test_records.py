@@ -1,0 +1,40 @@
+"""Run summaries computed from round records: accuracy, unit coverage, IG-Score cost."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedpilot.report.records import ig_cost_fraction, read_rounds, summarize, unit_coverage
+
+ROUNDS = [
+    {"round": 1, "test_accuracy": 0.5, "test_loss": 1.0, "clients": [
+        {"id": 0, "units": [1, 2], "loss": 1.0, "seconds": 9.0, "score_seconds": 1.0},
+        {"id": 1, "units": [2], "loss": 1.0, "seconds": 3.0},
+        {"id": 2, "units": [0, 1, 2], "failed": "RuntimeError: boom"}]},
+    {"round": 2, "test_accuracy": 0.7, "test_loss": 0.8, "clients": [
+        {"id": 0, "units": [2], "loss": 0.9, "seconds": 4.0, "score_seconds": 1.0},
+        {"id": 1, "skipped": "budget"}]},
+    {"round": 3, "test_accuracy": 0.6, "test_loss": 0.9, "clients": []},
+]
+
+
+def test_unit_coverage_counts_clients_per_round_ignoring_failures():
+    assert unit_coverage(ROUNDS) == {"0": {"0": 3}, "1": {"1": 1, "0": 2}, "2": {"2": 1, "1": 1, "0": 1}}
+
+
+def test_ig_cost_fraction_over_scored_clients():
+    assert ig_cost_fraction(ROUNDS) == pytest.approx(2.0 / 15.0)
+    assert ig_cost_fraction([{"clients": [{"seconds": 1.0}]}]) is None
+
+
+def test_summary_final_and_best():
+    summary = summarize(ROUNDS, 12.0)
+    assert (summary["final_accuracy"], summary["best_accuracy"], summary["best_round"]) == (0.6, 0.7, 2)
+    assert summary["rounds"] == 3 and summary["wall_seconds"] == 12.0
+
+
+def test_read_rounds_skips_a_torn_last_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"round": 1}) + "\n" + '{"round": 2, "cli')
+    assert read_rounds(tmp_path) == [{"round": 1}]
