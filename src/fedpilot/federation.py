@@ -24,6 +24,11 @@ from fedpilot.models.loading import add_lora, load_classifier, load_tokenizer, r
 from fedpilot.models.units import UnitMap, adapter_state, discover_units
 
 
+PROFILE_MODE = {"fp32": {"dtype": "fp32", "device": "meta"}, "bf16": {"dtype": "amp-bf16", "device": "cpu"}}
+"""How to profile each training precision: bf16 training is fp32 weights under autocast, which
+only a CPU run reproduces (torch has no autocast on the meta device)."""
+
+
 @dataclass
 class Federation:
     """The model, its units, the per-client data and the evaluation set of one run."""
@@ -77,8 +82,8 @@ def build_federation(config: Config) -> Federation:
     settings = TrainSettings(train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay,
                              train_cfg.precision, train_cfg.device)
     cost = profile(str(resolve_model_path(config.model.path)), train_cfg.batch_size, config.model.max_length,
-                   dtype=train_cfg.precision, rank=lora.rank, targets=lora.targets, device="meta",
-                   num_labels=len(text.label_names))
+                   rank=lora.rank, targets=lora.targets, num_labels=len(text.label_names),
+                   **PROFILE_MODE[train_cfg.precision])
     groups = [(g.share, g.memory, g.upload) for g in config.clients.groups]
     budgets = client_budgets(groups, config.clients.num_clients, cost)
     return Federation(model, discover_units(model), client_data, test, text.label_names, settings, cost, budgets)

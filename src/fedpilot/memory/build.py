@@ -19,7 +19,8 @@ from fedpilot.models.loading import ModelError, add_lora, resolve_model_path
 from fedpilot.models.units import UnitMap, discover_units
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "amp-bf16": torch.float32}
-"""Weight dtype of each profile dtype: fp32, pure bf16, or fp32 weights under bf16 autocast (fedpilot's precision bf16)."""
+"""Weight dtype of each profile dtype: fp32, pure bf16, or fp32 weights under bf16 autocast (as fedpilot's
+client trains with `precision: bf16`)."""
 
 AUTOCAST = {"amp-bf16": torch.bfloat16}
 """Profile dtypes whose forward runs under autocast, and its dtype."""
@@ -50,7 +51,7 @@ def build_model(config: PretrainedConfig, dtype: str = "fp32", rank: int = 8, ta
     hf_logging.set_verbosity_error()
     torch.manual_seed(seed)
     with torch.device(device):
-        model = _auto_class(config).from_config(config, torch_dtype=DTYPES[dtype])
+        model = _auto_class(config).from_config(config).to(DTYPES[dtype])
         model = add_lora(model, rank, 2.0 * rank, 0.0, list(targets or default_targets(model)))
     return model, discover_units(model)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -44,7 +45,13 @@ class BudgetError(ValueError):
 
 @dataclass(frozen=True)
 class CostProfile:
-    """Measured Mem(S) terms of one (model, batch, length, dtype, rank, targets), in bytes."""
+    """Measured Mem(S) terms of one (model, batch, length, dtype, rank, targets), in bytes.
+
+    frozen = M_frozen, head = M_head, head_path = A_head, peak = M_peak, state[j] = M_state(j),
+    path[k] = A_path(k), lora[j] = a_j, all at `batch`; each `*_per_example` is the measured growth
+    of an activation term per example, which `at_batch` applies. `length` is the sequence length
+    (text) or image size (image models); `device` is where the steps ran (cpu or meta).
+    """
 
     model: str
     batch: int
@@ -107,7 +114,7 @@ class CostProfile:
 
 
 def mem_of(profile: CostProfile, units: Iterable[int]) -> int:
-    """Mem(S) in bytes for the set of units S (see the module docstring)."""
+    """Mem(S) in bytes: fixed_mem + path_mem[min S] + sum_{j in S} unit_mem[j], or fixed_mem for S = {}."""
     chosen = sorted(set(units))
     if any(not 0 <= j < profile.num_units for j in chosen):
         raise ValueError(f"units {chosen} out of range 0..{profile.num_units - 1}")
@@ -137,12 +144,14 @@ def cache_dir() -> Path:
 def cache_path(key: dict) -> Path:
     """Cache file of a profile key (model, batch, length, dtype, rank, targets and versions)."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(key["model"])).name)[-40:]
+    model = Path(str(key["model"]))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model.parent.name if model.name == "config.json" else model.name)[-40:]
     return cache_dir() / f"{name}-b{key['batch']}-l{key['length']}-{key['dtype']}-{digest}.json"
 
 
 def parse_budget(text: str | int, profile: CostProfile | None = None) -> int:
-    """Bytes of a budget: "6GiB", "750MiB", "8GB", 123456789, a GPU name, or "40%" of all units' cost."""
+    """Bytes of a budget: "6GiB", "750MiB", "8GB", 123456789, a GPU name (its memory less the reserve),
+    or "40%" of the cost of training every unit; with a profile, at least the head-only cost."""
     raw = str(text).strip()
     lowered = raw.lower().replace(" ", "").replace("_", "")
     if lowered.endswith("%"):
@@ -152,7 +161,7 @@ def parse_budget(text: str | int, profile: CostProfile | None = None) -> int:
     else:
         budget = _byte_budget(raw, lowered)
     if profile is not None and budget < profile.fixed_mem:
-        raise BudgetError(f"budget {raw!r} = {_human(budget)} is below the minimum of {_human(profile.fixed_mem)} "
+        raise BudgetError(f"budget {raw!r} = {human(budget)} is below the minimum of {human(profile.fixed_mem)} "
                           f"(frozen model + head training) for {profile.model} at batch {profile.batch}")
     return budget
 
@@ -171,9 +180,11 @@ def _byte_budget(raw: str, lowered: str) -> int:
             raise BudgetError(f"unknown GPU name {raw!r}; known: {', '.join(GPUS)}")
         raise BudgetError(f"cannot parse budget {raw!r}; use bytes like '6GiB', '750MiB', '8GB', 123456789, "
                           f"a GPU name ({', '.join(GPUS)}) or a percentage like '40%'")
-    value = float(match.group(1)) * (UNITS.get(match.group(2), 1))
+    value = float(match.group(1)) * UNITS.get(match.group(2), 1)
     if value < 0:
         raise BudgetError(f"budget {raw!r} is negative")
+    if not math.isfinite(value):
+        raise BudgetError(f"budget {raw!r} is too large")
     return int(value)
 
 
@@ -182,7 +193,9 @@ def _fraction_budget(raw: str, number: str, profile: CostProfile | None) -> int:
     try:
         percent = float(number)
     except ValueError:
-        raise BudgetError(f"cannot parse budget {raw!r} as a percentage") from None
+        percent = math.nan
+    if not math.isfinite(percent):
+        raise BudgetError(f"cannot parse budget {raw!r} as a percentage")
     if percent < 0:
         raise BudgetError(f"budget {raw!r} is negative")
     if profile is None:
@@ -190,6 +203,8 @@ def _fraction_budget(raw: str, number: str, profile: CostProfile | None) -> int:
     return int(percent / 100 * mem_of(profile, range(profile.num_units)))
 
 
-def _human(size: int) -> str:
-    """Bytes as MiB below 1 GiB, else GiB."""
-    return f"{size / MiB:.1f} MiB" if size < GiB else f"{size / GiB:.2f} GiB"
+def human(size: float) -> str:
+    """Bytes as KiB, MiB or GiB, whichever reads best."""
+    if size >= GiB:
+        return f"{size / GiB:.2f} GiB"
+    return f"{size / MiB:.1f} MiB" if size >= MiB else f"{size / KiB:.1f} KiB"

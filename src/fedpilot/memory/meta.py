@@ -22,11 +22,13 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fedpilot.models.loading import ModelError
+
 FLASH = 1
 """`torch._fused_sdp_choice` code of the flash-attention kernel (sdp::SDPBackend::flash_attention)."""
 
 
-class MetaScalarError(RuntimeError):
+class MetaScalarError(ModelError):
     """A model read a non-boolean number from a meta tensor: its control flow depends on data."""
 
 
@@ -62,6 +64,7 @@ class _CpuAttention(TorchFunctionMode):
     """Route meta SDPA calls through `attention_as_on_cpu`."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        """SDPA on meta goes through `attention_as_on_cpu`; everything else runs as is."""
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and args and args[0].is_meta:
             return attention_as_on_cpu(*args, **kwargs)
@@ -72,6 +75,7 @@ class _MetaOpsAsCpu(TorchDispatchMode):
     """Answer boolean scalar reads of meta tensors with False (refuse others); LayerNorm stats as on CPU."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        """Fake a boolean scalar read on meta; give LayerNorm's saved stats the input's dtype."""
         if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
             if args[0].dtype != torch.bool:
                 raise MetaScalarError(f"the model reads a {args[0].dtype} number from a meta tensor; profile it on cpu")
@@ -86,6 +90,7 @@ class _Autocast(torch.autocast):
     """`torch.autocast` that treats the meta device type as cpu."""
 
     def __init__(self, device_type: str, *args, **kwargs) -> None:
+        """Open autocast for `device_type`, cpu in place of meta."""
         super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
 
 
