@@ -12,7 +12,7 @@ from datasets import Dataset
 from torch import nn
 
 from fedpilot.assign.ig_score import local_scores
-from fedpilot.memory.profiler import SavedBytesMeter
+from fedpilot.memory.meters import SavedBytesMeter
 from fedpilot.models.units import UnitMap, adapter_state, load_adapter_state, set_trainable
 
 
