@@ -17,6 +17,15 @@ class ConfigError(ValueError):
     """A configuration the user must fix; the CLI prints it and exits with code 2."""
 
 
+def known_strategy(value: str) -> str:
+    """Validator: a registered strategy name (the message lists the valid ones)."""
+    from fedpilot.strategies import REGISTRY
+
+    if value not in REGISTRY:
+        raise ValueError(f"unknown strategy {value!r}; valid: {sorted(REGISTRY)}")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -132,14 +141,7 @@ class StrategyConfig(_Section):
     temperature: float = Field(2.0, gt=0, description="DWA softmax temperature")
     ig_examples: int = Field(16, gt=0, description="examples of a client's IG set for local scores")
 
-    @field_validator("name")
-    @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        from fedpilot.strategies import REGISTRY
-
-        if value not in REGISTRY:
-            raise ValueError(f"unknown strategy {value!r}; valid: {sorted(REGISTRY)}")
-        return value
+    _known_strategy = field_validator("name")(known_strategy)
 
 
 class EvalConfig(_Section):

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedpilot.config import Config, ConfigError, apply_override, build_config, describe_errors, parse_override
+from fedpilot.config import (Config, ConfigError, apply_override, build_config, describe_errors, known_strategy,
+                             parse_override)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 REFERENCE = "fedavg-full"
@@ -43,14 +44,7 @@ class MethodSpec(_Strict):
 
     _no_output = field_validator("set")(no_output_overrides)
 
-    @field_validator("name")
-    @classmethod
-    def _registered(cls, value: str) -> str:
-        from fedpilot.strategies import REGISTRY
-
-        if value not in REGISTRY:
-            raise ValueError(f"unknown strategy {value!r}; valid: {sorted(REGISTRY)}")
-        return value
+    _registered = field_validator("name")(known_strategy)
 
     @property
     def tag(self) -> str:
