@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,12 +54,14 @@ class StrategyContext:
                 return size
         return 1
 
+    def fits(self, units: Sequence[int], budget: ClientBudget) -> bool:
+        """Whether training `units` stays within a budget's memory (Mem(S)) and upload (Up(S))."""
+        upload = sum(self.unit_upload[j] for j in units)
+        return mem_of(self.profile, units) <= budget.memory and (budget.upload is None or upload <= budget.upload)
+
     def affordable(self, client: int) -> list[int]:
         """Units the client could train alone within both of its budgets."""
-        budget = self.budgets[client]
-        return [j for j in range(self.num_units)
-                if mem_of(self.profile, [j]) <= budget.memory
-                and (budget.upload is None or self.unit_upload[j] <= budget.upload)]
+        return [j for j in range(self.num_units) if self.fits([j], self.budgets[client])]
 
 
 class Strategy(ABC):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from fedpilot.client import Plan
 from fedpilot.strategies.fedavg_full import FedAvgFull
-from fedpilot.strategies.top_k import fits
 
 
 class Exclusive(FedAvgFull):
@@ -27,4 +26,4 @@ class Exclusive(FedAvgFull):
         """All units for each client that fits them; no plan for the rest."""
         units = tuple(range(self.context.num_units))
         return {client: self.context.plan(client, units) for client in clients
-                if fits(self.context, units, self.context.budgets[client])}
+                if self.context.fits(units, self.context.budgets[client])}

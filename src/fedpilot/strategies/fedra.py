@@ -30,7 +30,6 @@ import numpy as np
 
 from fedpilot.client import Plan
 from fedpilot.strategies.fedavg_full import FedAvgFull
-from fedpilot.strategies.top_k import fits
 
 
 class FedRA(FedAvgFull):
@@ -43,7 +42,7 @@ class FedRA(FedAvgFull):
         budget = self.context.budgets[client]
         rng = np.random.default_rng([self.context.config.seed, round_number, client])
         order = [int(j) for j in rng.permutation(self.context.affordable(client))]
-        length = max((k for k in range(len(order) + 1) if fits(self.context, order[:k], budget)), default=0)
+        length = max((k for k in range(len(order) + 1) if self.context.fits(order[:k], budget)), default=0)
         return tuple(sorted(order[:length]))
 
     def assign(self, round_number: int, clients: list[int]) -> dict[int, Plan]:

@@ -10,24 +10,15 @@ none does. Scanning k downwards from n finds the largest fitting k even if a mea
 were not monotone.
 Aggregation is fedavg-full's per-key data-weighted mean over the clients that sent each tensor.
 
-`fits` and `top_units` are shared with the other budget baselines (exclusive, straggler, fedra).
+`top_units` is shared with straggler.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from fedpilot.assign.budgets import ClientBudget
 from fedpilot.client import Plan
-from fedpilot.memory.cost import mem_of
 from fedpilot.strategies.base import StrategyContext
 from fedpilot.strategies.fedavg_full import FedAvgFull
-
-
-def fits(context: StrategyContext, units: Sequence[int], budget: ClientBudget) -> bool:
-    """Whether training `units` stays within the budget's memory (Mem(S)) and upload (Up(S))."""
-    upload = sum(context.unit_upload[j] for j in units)
-    return mem_of(context.profile, units) <= budget.memory and (budget.upload is None or upload <= budget.upload)
 
 
 def top_units(context: StrategyContext, budget: ClientBudget) -> tuple[int, ...]:
@@ -35,7 +26,7 @@ def top_units(context: StrategyContext, budget: ClientBudget) -> tuple[int, ...]
     n = context.num_units
     for count in range(n, 0, -1):
         units = tuple(range(n - count, n))
-        if fits(context, units, budget):
+        if context.fits(units, budget):
             return units
     return ()
 
