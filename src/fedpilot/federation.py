@@ -16,7 +16,7 @@ from fedpilot.assign.budgets import ClientBudget, client_budgets
 from fedpilot.client import TrainSettings
 from fedpilot.config import Config
 from fedpilot.data.partition import partition
-from fedpilot.data.sources import load_text_data
+from fedpilot.data.sources import TextData, load_text_data
 from fedpilot.data.tokenize import tokenize
 from fedpilot.memory.cost import CostProfile
 from fedpilot.memory.profiler import profile
@@ -65,13 +65,19 @@ def subset(data: Dataset, limit: int | None, seed: int) -> Dataset:
     return data.shuffle(seed=seed).select(range(limit))
 
 
-def build_federation(config: Config) -> Federation:
-    """Load data and model, partition, tokenize, wrap with LoRA, discover units."""
+def load_partitions(config: Config) -> tuple[TextData, list[Dataset]]:
+    """The configured dataset and its per-client training partitions (untokenized)."""
     text = load_text_data(config.data.name, config.data.text_column, config.data.label_column,
                           config.data.test_path, config.data.test_fraction, config.seed)
     train = subset(text.train, config.data.max_train_examples, config.seed)
     parts = partition(train, config.partition.kind, config.clients.num_clients, config.seed,
                       config.partition.alpha, config.partition.classes_per_client)
+    return text, parts
+
+
+def build_federation(config: Config) -> Federation:
+    """Load data and model, partition, tokenize, wrap with LoRA, discover units."""
+    text, parts = load_partitions(config)
     tokenizer = load_tokenizer(config.model.path)
     client_data = [tokenize(part, tokenizer, config.model.max_length) for part in parts]
     test = tokenize(subset(text.test, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
