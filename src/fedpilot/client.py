@@ -13,6 +13,7 @@ from torch import nn
 
 from fedpilot.assign.ig_score import local_scores
 from fedpilot.memory.meters import SavedBytesMeter
+from fedpilot.models.rank import reduced_rank
 from fedpilot.models.units import UnitMap, adapter_state, load_adapter_state, set_trainable
 
 
@@ -25,6 +26,8 @@ class Plan:
     """What one client does this round: which units it trains, for how many steps, at what cost.
 
     `estimated_bytes` is the cost model's Mem(units); `budget_bytes` the client's memory budget.
+    `rank` trains the units' LoRA at that rank (real smaller tensors, see `models/rank.py`);
+    None is the model's full rank.
     """
 
     units: tuple[int, ...]
@@ -32,6 +35,7 @@ class Plan:
     estimated_bytes: int | None = None
     budget_bytes: int | None = None
     upload_bytes: int | None = None
+    rank: int | None = None
 
 
 @dataclass
@@ -109,29 +113,33 @@ def to_inputs(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Te
 
 def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, torch.Tensor], plan: Plan,
                  data: Dataset, settings: TrainSettings, client_id: int, seed: int, transient: int = 0) -> ClientUpdate:
-    """Train the plan's units (and head) with AdamW under the memory watch; return the update."""
+    """Train the plan's units (and head) with AdamW under the memory watch; return the update.
+
+    At a plan rank below the full rank, the units' LoRA tensors are trained and returned at that rank.
+    """
     started = time.perf_counter()
     load_adapter_state(model, global_state)
-    trainable = set(set_trainable(model, unit_map, plan.units))
-    params = [p for name, p in model.named_parameters() if name in trainable]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    watch = MemoryWatch(model, params, transient, plan.budget_bytes)
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model.train()
-    losses = []
-    with watch.meter:
-        for indices in batch_indices(len(data), plan.local_steps, settings.batch_size, generator):
-            with autocast(settings.precision, settings.device):
-                loss = model(**to_inputs(data[indices], settings.device)).loss
-            watch.check()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-    metrics = {"loss": sum(losses) / len(losses), "steps": len(losses), "seconds": time.perf_counter() - started,
-               "measured_bytes": watch.measured + transient}
-    return ClientUpdate(client_id, adapter_state(model, unit_map, plan.units), len(data), metrics)
+    with reduced_rank(model, unit_map.keys_of(plan.units), plan.rank):
+        trainable = set(set_trainable(model, unit_map, plan.units))
+        params = [p for name, p in model.named_parameters() if name in trainable]
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        watch = MemoryWatch(model, params, transient, plan.budget_bytes)
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        model.train()
+        losses = []
+        with watch.meter:
+            for indices in batch_indices(len(data), plan.local_steps, settings.batch_size, generator):
+                with autocast(settings.precision, settings.device):
+                    loss = model(**to_inputs(data[indices], settings.device)).loss
+                watch.check()
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+        metrics = {"loss": sum(losses) / len(losses), "steps": len(losses), "seconds": time.perf_counter() - started,
+                   "measured_bytes": watch.measured + transient, **({} if plan.rank is None else {"rank": plan.rank})}
+        return ClientUpdate(client_id, adapter_state(model, unit_map, plan.units), len(data), metrics)
 
 
 def score_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, torch.Tensor], units: tuple[int, ...],
