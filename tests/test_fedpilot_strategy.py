@@ -93,3 +93,11 @@ def test_budget_groups_and_upload_parsing():
     assert budgets[3].group == 1 and budgets[3].upload is None
     with pytest.raises(BudgetError, match=r"clients.groups\[0\].*below the minimum"):
         client_budgets([(1.0, "1MiB", "unlimited")], 2, PROFILE)
+
+
+def test_only_the_reference_method_ignores_budgets():
+    budgets = [ClientBudget(0, mem_of(PROFILE, [3]), None)]
+    reference = make_strategy("fedavg-full", context(budgets)).assign(1, [0])[0]
+    assert reference.units == (0, 1, 2, 3) and not reference.enforce_budget
+    assert reference.estimated_bytes > reference.budget_bytes
+    assert make_strategy("fedpilot", context(budgets)).assign(1, [0])[0].enforce_budget

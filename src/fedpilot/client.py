@@ -27,7 +27,8 @@ class Plan:
 
     `estimated_bytes` is the cost model's Mem(units); `budget_bytes` the client's memory budget.
     `rank` trains the units' LoRA at that rank (real smaller tensors, see `models/rank.py`);
-    None is the model's full rank.
+    None is the model's full rank. `enforce_budget=False` (only the budget-ignoring reference
+    method) logs the measured memory against the budget without stopping the client.
     """
 
     units: tuple[int, ...]
@@ -36,6 +37,7 @@ class Plan:
     budget_bytes: int | None = None
     upload_bytes: int | None = None
     rank: int | None = None
+    enforce_budget: bool = True
 
 
 @dataclass
@@ -123,7 +125,7 @@ def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, to
         trainable = set(set_trainable(model, unit_map, plan.units))
         params = [p for name, p in model.named_parameters() if name in trainable]
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        watch = MemoryWatch(model, params, transient, plan.budget_bytes)
+        watch = MemoryWatch(model, params, transient, plan.budget_bytes if plan.enforce_budget else None)
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         model.train()

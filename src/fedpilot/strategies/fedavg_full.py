@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from fedpilot.aggregate.fedavg import weighted_average
@@ -15,9 +16,9 @@ class FedAvgFull(Strategy):
     name = "fedavg-full"
 
     def assign(self, round_number: int, clients: list[int]) -> dict[int, Plan]:
-        """All units for every client."""
+        """All units for every client; budgets are logged but not enforced (the reference ignores them)."""
         units = tuple(range(self.context.num_units))
-        return {client: self.context.plan(client, units) for client in clients}
+        return {client: replace(self.context.plan(client, units), enforce_budget=False) for client in clients}
 
     def aggregate(self, round_number: int, global_state: State,
                   updates: list[ClientUpdate]) -> tuple[State, dict[str, Any]]:
