@@ -58,20 +58,41 @@ def resume_config(run_dir: Path, config: Path | None, overrides: list[str] | Non
     return saved
 
 
+EngineOption = Annotated[str, typer.Option("--engine", help="local (in-process) or flower (Flower's simulation "
+                                                           "engine, one SuperNode per client; see docs/deployment.md)")]
+ENGINES = ("local", "flower")
+
+
+def run_flower_engine(cfg: Config) -> tuple[Path, dict]:
+    """The run on Flower's simulation engine, with Flower's telemetry off (read when flwr is imported)."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from fedpilot.engines.flower import run_flower
+
+    return run_flower(cfg, console)
+
+
 @app.command()
-def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None) -> None:
+def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None,
+        engine: EngineOption = "local") -> None:
     """Run one federated fine-tuning job (or resume one) and print its results table."""
     from fedpilot.engines.local import resume_local, run_local
     from fedpilot.report.checkpoint import CheckpointError
     from fedpilot.report.records import read_rounds
     from fedpilot.report.tables import round_table, summary_table
 
+    if engine not in ENGINES:
+        fail(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if resume is not None and engine != "local":
+        fail("--resume continues runs of the local engine only")
     cfg = resume_config(resume, config, set_) if resume is not None else resolve(config, set_)
     console.print(f"[bold]fedpilot[/] {cfg.strategy.name} on {cfg.data.name} ({cfg.partition.kind}), "
-                  f"{cfg.clients.num_clients} clients, {cfg.clients.per_round}/round, {cfg.train.rounds} rounds")
+                  f"{cfg.clients.num_clients} clients, {cfg.clients.per_round}/round, {cfg.train.rounds} rounds, "
+                  f"{engine} engine")
     try:
         if resume is not None:
             run_dir, summary = resume, resume_local(resume, cfg, console)
+        elif engine == "flower":
+            run_dir, summary = run_flower_engine(cfg)
         else:
             run_dir, summary = run_local(cfg, console)
     except (*USER_ERRORS, CheckpointError) as error:

@@ -1,13 +1,16 @@
-"""The in-process engine: sampled clients train one after another, the strategy merges, the
-global model is evaluated, every round is logged and checkpointed. Deterministic for a config.
+"""The in-process engine, and the server's and client's sides of a round shared with the Flower engine.
 
-Every client's randomness comes from (seed, round, client), so a run resumed from a checkpoint
-continues exactly as the uninterrupted run would have.
+`RoundServer` makes every server decision of a round: sample, IG-Score requests, plans,
+aggregation, evaluation, records, checkpoints. `attempt_client` and `score_units` are a client's
+side. `LocalRun` calls them in one process; `engines.flower` calls the same ones across Flower
+messages. Every client's randomness comes from (seed, round, client), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +18,17 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedpilot.client import BudgetExceeded, ClientUpdate, Plan, evaluate, score_client, train_client
+from fedpilot.client import BudgetExceeded, ClientUpdate, Plan, evaluate, score_client, tensor_bytes, train_client
 from fedpilot.config import Config
 from fedpilot.federation import Federation, build_federation, sample_clients
-from fedpilot.models.units import load_adapter_state
+from fedpilot.models.units import UnitMap, load_adapter_state
 from fedpilot.report.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from fedpilot.report.records import RunRecorder, fresh_run_dir, read_rounds, summarize
 from fedpilot.strategies import StrategyContext, make_strategy
 from fedpilot.strategies.base import State, Strategy
+
+Outcome = ClientUpdate | dict[str, str]
+"""A client's reply to a plan: its update, or {"failed": reason} / {"over_budget": reason}."""
 
 
 class InjectedFailure(RuntimeError):
@@ -51,6 +57,21 @@ def evaluate_global(federation: Federation, state: State, config: Config) -> dic
                     config.train.precision, config.train.device)
 
 
+def split_state(unit_map: UnitMap, state: State, units: tuple[int, ...]) -> tuple[State, State]:
+    """A plan's view of the global tensors: (its units' LoRA tensors + head, every other unit's LoRA).
+
+    The client trains the first part; it needs the second frozen, since untrained adapters still
+    shape its forward pass.
+    """
+    trained = set(unit_map.keys_of(units)) | set(unit_map.head_keys)
+    return ({k: v for k, v in state.items() if k in trained}, {k: v for k, v in state.items() if k not in trained})
+
+
+def state_bytes(state: State) -> int:
+    """Bytes of a tensor dict's elements, as counted for traffic (no framing)."""
+    return tensor_bytes(state.values())
+
+
 def client_record(update: ClientUpdate, plan: Plan, scores: dict[int, float] | None) -> dict[str, Any]:
     """The per-client part of a round record: plan, budget, estimate, scores and training metrics."""
     return {"id": update.client_id, "examples": update.num_examples, "units": list(plan.units),
@@ -58,8 +79,44 @@ def client_record(update: ClientUpdate, plan: Plan, scores: dict[int, float] | N
             "upload_bytes": plan.upload_bytes, "scores": scores, **update.metrics}
 
 
-class LocalRun:
-    """One run of a strategy over a federation, round by round, with a progress display."""
+def attempt_client(config: Config, federation: Federation, state: State, round_number: int, client_id: int,
+                   plan: Plan, seed: int) -> Outcome:
+    """A client's side of a round: train the plan from `state`; a failure comes back as its reason."""
+    try:
+        if injected_failure(config, round_number, client_id):
+            raise InjectedFailure(f"injected failure (clients.failure_rate={config.clients.failure_rate})")
+        return train_client(federation.model, federation.unit_map, state, plan, federation.client_data[client_id],
+                            federation.settings, client_id, seed, federation.profile.peak)
+    except BudgetExceeded as error:
+        return {"over_budget": str(error)}
+    except Exception as error:  # noqa: BLE001 - any client crash (incl. out-of-memory) is data
+        return {"failed": f"{type(error).__name__}: {error}"}
+
+
+def score_units(config: Config, federation: Federation, state: State, client_id: int, units: tuple[int, ...],
+                micro_batch: int, seed: int) -> tuple[dict[int, float], float]:
+    """A client's side of an IG-Score request: local scores of `units`, and the seconds they took."""
+    started = time.perf_counter()
+    scores = score_client(federation.model, federation.unit_map, state, units, federation.client_data[client_id],
+                          federation.settings, config.strategy.ig_examples, micro_batch, seed)
+    return scores, time.perf_counter() - started
+
+
+@dataclass
+class Round:
+    """One round's server decisions so far: sampled clients, IG-Score requests and replies, plans."""
+
+    number: int
+    clients: list[int]
+    requests: dict[int, tuple[int, ...]]
+    started: float = field(default_factory=time.perf_counter)
+    scores: dict[int, dict[int, float]] = field(default_factory=dict)
+    score_seconds: dict[int, float] = field(default_factory=dict)
+    plans: dict[int, Plan] = field(default_factory=dict)
+
+
+class RoundServer:
+    """The server of a run, whichever engine carries its messages: strategy, global state, records."""
 
     def __init__(self, config: Config, federation: Federation, recorder: RunRecorder, console: Console) -> None:
         self.config = config
@@ -71,6 +128,7 @@ class LocalRun:
         self.strategy: Strategy = make_strategy(config.strategy.name, context)
         self.state: State = federation.initial_state()
         self.rounds: list[dict[str, Any]] = []
+        self.started, self.offset = time.perf_counter(), 0.0
 
     def resume(self) -> None:
         """Continue after the last checkpointed round; records of later rounds are dropped."""
@@ -81,102 +139,141 @@ class LocalRun:
         self.rounds = [r for r in read_rounds(self.recorder.run_dir) if r["round"] <= checkpoint.round_number]
         self.recorder.rewrite_rounds(self.rounds)
 
-    def train_client(self, round_number: int, client_id: int, plan: Plan) -> ClientUpdate:
-        """One client's training; injected failures and the budget guard raise here."""
-        if injected_failure(self.config, round_number, client_id):
-            raise InjectedFailure(f"injected failure (clients.failure_rate={self.config.clients.failure_rate})")
-        return train_client(self.federation.model, self.federation.unit_map, self.state, plan,
-                            self.federation.client_data[client_id], self.federation.settings, client_id,
-                            client_seed(self.config.seed, round_number, client_id), self.federation.profile.peak)
+    def start_clock(self) -> None:
+        """Time the remaining rounds, continuing the wall time of rounds already run."""
+        self.started = time.perf_counter()
+        self.offset = self.rounds[-1]["wall_seconds"] if self.rounds else 0.0
 
-    def run_client(self, round_number: int, client_id: int, plan: Plan | None,
-                   scores: dict[int, float] | None) -> tuple[ClientUpdate | None, dict[str, Any]]:
-        """Train one client and describe it; a failure is recorded with its reason, never swallowed."""
-        if plan is None:
-            return None, {"id": client_id, "skipped": "budget"}
-        try:
-            update = self.train_client(round_number, client_id, plan)
-        except BudgetExceeded as error:
-            if self.config.clients.on_over_budget == "fail":
-                raise OverBudgetError(f"round {round_number}, client {client_id}: {error}") from None
-            return None, {"id": client_id, "units": list(plan.units), "dropped": f"over budget: {error}"}
-        except Exception as error:  # noqa: BLE001 - any client crash (incl. out-of-memory) is data
-            self.console.print(f"[yellow]round {round_number}: client {client_id} failed: {error}[/]")
-            return None, {"id": client_id, "units": list(plan.units), "failed": f"{type(error).__name__}: {error}"}
-        return update, client_record(update, plan, scores)
+    def remaining_rounds(self) -> range:
+        """Numbers of the rounds still to run."""
+        return range(len(self.rounds) + 1, self.config.train.rounds + 1)
 
-    def train_round(self, round_number: int, progress: Progress, task: Any) -> tuple[list[dict], dict[str, Any]]:
-        """Score, assign, train each sampled client, aggregate the survivors; returns the client records.
+    def open_round(self, round_number: int) -> Round:
+        """Sample the round's clients (from seed and round only) and take the strategy's IG-Score requests."""
+        cfg = self.config
+        clients = sample_clients(cfg.clients.num_clients, cfg.clients.per_round, cfg.seed, round_number)
+        return Round(round_number, clients, self.strategy.score_request(round_number, clients))
+
+    def seed(self, current: Round, client_id: int) -> int:
+        """The seed of a client's scoring and training this round."""
+        return client_seed(self.config.seed, current.number, client_id)
+
+    def micro_batch(self, current: Round, client_id: int) -> int:
+        """Micro-batch at which a client's IG-Score request fits its budget."""
+        return self.strategy.context.scoring_micro_batch(client_id, current.requests[client_id])
+
+    def assign(self, current: Round) -> None:
+        """Hand the strategy the clients' scores (when it asked for any), then take its plans."""
+        if current.requests:
+            self.strategy.receive_scores(current.number, current.scores)
+        current.plans = self.strategy.assign(current.number, current.clients)
+
+    def payload(self, plan: Plan) -> tuple[State, State]:
+        """The global tensors a client gets with its plan: (to train, to keep frozen)."""
+        return split_state(self.federation.unit_map, self.state, plan.units)
+
+    def download_bytes(self, current: Round, client_id: int) -> int:
+        """Bytes of tensors sent to a client this round: the global state to score, and again to train."""
+        return state_bytes(self.state) * ((client_id in current.requests) + (client_id in current.plans))
+
+    def conclude(self, current: Round, outcomes: dict[int, Outcome]) -> dict[str, Any]:
+        """The round's record: every sampled client's record, then the strategy's aggregate of the survivors.
 
         A sampled client without a plan is one the strategy left out for its budget. A round in
         which no client survives keeps the global state and says so.
         """
-        cfg = self.config
-        clients = sample_clients(cfg.clients.num_clients, cfg.clients.per_round, cfg.seed, round_number)
-        scores = self.score_clients(round_number, clients)
-        plans = self.strategy.assign(round_number, clients)
-        progress.reset(task, total=len(clients))
-        updates, records = [], []
-        for client_id in clients:
-            progress.update(task, description=f"client {client_id}")
-            update, record = self.run_client(round_number, client_id, plans.get(client_id), scores.get(client_id))
+        records, updates = [], []
+        for client_id in current.clients:
+            record, update = self.describe(current, client_id, outcomes.get(client_id))
             records.append(record)
-            if update is not None:
-                updates.append(update)
-            loss = f" loss {update.metrics['loss']:.3f}" if update is not None else ""
-            progress.update(task, advance=1, description=f"client {client_id}{loss}")
-        if not updates and plans:
-            self.console.print(f"[yellow]round {round_number}: no client survived; global model unchanged[/]")
-            return records, {"skipped": "no surviving clients"}
-        self.state, strategy_metrics = self.strategy.aggregate(round_number, self.state, updates)
-        return records, strategy_metrics
+            updates += [update] if update is not None else []
+        if not updates and current.plans:
+            self.console.print(f"[yellow]round {current.number}: no client survived; global model unchanged[/]")
+            strategy_metrics: dict[str, Any] = {"skipped": "no surviving clients"}
+        else:
+            self.state, strategy_metrics = self.strategy.aggregate(current.number, self.state, updates)
+        return {"round": current.number, "clients": records, "strategy": strategy_metrics}
 
-    def score_clients(self, round_number: int, clients: list[int]) -> dict[int, dict[str, Any]]:
-        """Run the strategy's IG-Score requests on the clients and hand it the scores."""
-        requests = self.strategy.score_request(round_number, clients)
-        scores = {}
-        for client_id, units in requests.items():
-            micro_batch = self.strategy.context.scoring_micro_batch(client_id, units)
-            scores[client_id] = score_client(
-                self.federation.model, self.federation.unit_map, self.state, units,
-                self.federation.client_data[client_id], self.federation.settings,
-                self.config.strategy.ig_examples, micro_batch, client_seed(self.config.seed, round_number, client_id))
-        if requests:
-            self.strategy.receive_scores(round_number, scores)
-        return scores
+    def describe(self, current: Round, client_id: int,
+                 outcome: Outcome | None) -> tuple[dict[str, Any], ClientUpdate | None]:
+        """One client's record with its traffic, and its update if it survived; failures are never swallowed."""
+        plan = current.plans.get(client_id)
+        traffic: dict[str, Any] = {"download_bytes": self.download_bytes(current, client_id), "sent_bytes": 0}
+        if client_id in current.score_seconds:
+            traffic["score_seconds"] = current.score_seconds[client_id]
+        if plan is None:  # a skipped client exchanged tensors only if it was asked to score
+            return {"id": client_id, "skipped": "budget", **(traffic if client_id in current.requests else {})}, None
+        if isinstance(outcome, ClientUpdate):
+            traffic["sent_bytes"] = state_bytes(outcome.tensors)
+            return {**client_record(outcome, plan, current.scores.get(client_id)), **traffic}, outcome
+        reason = (outcome or {"failed": "no reply"}).copy()
+        if "over_budget" in reason:
+            if self.config.clients.on_over_budget == "fail":
+                raise OverBudgetError(f"round {current.number}, client {client_id}: {reason['over_budget']}")
+            reason = {"dropped": f"over budget: {reason['over_budget']}"}
+        else:
+            self.console.print(f"[yellow]round {current.number}: client {client_id} failed: {reason['failed']}[/]")
+        return {"id": client_id, "units": list(plan.units), **reason, **traffic}, None
 
-    def finish_round(self, round_number: int, record: dict[str, Any], round_start: float, offset: float) -> None:
+    def evaluation_due(self, round_number: int) -> bool:
+        """Whether the global model is evaluated after this round."""
+        return round_number % self.config.eval.every == 0 or round_number == self.config.train.rounds
+
+    def finish_round(self, record: dict[str, Any], current: Round) -> None:
         """Evaluate when due, then log the round and checkpoint it."""
-        cfg = self.config
-        if round_number % cfg.eval.every == 0 or round_number == cfg.train.rounds:
-            result = evaluate_global(self.federation, self.state, cfg)
+        if self.evaluation_due(current.number):
+            result = evaluate_global(self.federation, self.state, self.config)
             record.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
-        record.update(round_seconds=time.perf_counter() - round_start,
-                      wall_seconds=offset + time.perf_counter() - self.started)
+        record.update(round_seconds=time.perf_counter() - current.started,
+                      wall_seconds=self.offset + time.perf_counter() - self.started)
         self.recorder.log_round(record)
         self.rounds.append(record)
-        save_checkpoint(self.recorder.run_dir, round_number, self.state, *self.strategy.state())
+        save_checkpoint(self.recorder.run_dir, current.number, self.state, *self.strategy.state())
+
+    def finish(self) -> dict[str, Any]:
+        """The run's summary, also written to summary.json."""
+        summary = summarize(self.rounds, self.offset + time.perf_counter() - self.started)
+        self.recorder.write_summary(summary)
+        return summary
+
+
+class LocalRun(RoundServer):
+    """The local engine: each round's clients score and train one after another in this process."""
+
+    def play_round(self, round_number: int, progress: Progress, task: Any) -> dict[str, Any]:
+        """Score, assign, train each sampled client, aggregate, evaluate, log; returns the round record."""
+        cfg, federation = self.config, self.federation
+        current = self.open_round(round_number)
+        for client_id, units in current.requests.items():
+            current.scores[client_id], current.score_seconds[client_id] = score_units(
+                cfg, federation, self.state, client_id, units, self.micro_batch(current, client_id),
+                self.seed(current, client_id))
+        self.assign(current)
+        progress.reset(task, total=len(current.plans))
+        outcomes: dict[int, Outcome] = {}
+        for client_id, plan in current.plans.items():
+            progress.update(task, description=f"client {client_id}")
+            outcomes[client_id] = attempt_client(cfg, federation, self.state, round_number, client_id, plan,
+                                                 self.seed(current, client_id))
+            outcome = outcomes[client_id]
+            loss = f" loss {outcome.metrics['loss']:.3f}" if isinstance(outcome, ClientUpdate) else ""
+            progress.update(task, advance=1, description=f"client {client_id}{loss}")
+        record = self.conclude(current, outcomes)
+        self.finish_round(record, current)
+        return record
 
     def run(self) -> dict[str, Any]:
         """The remaining rounds; returns the summary (also written to summary.json)."""
-        cfg = self.config
-        self.started = time.perf_counter()
-        offset = self.rounds[-1]["wall_seconds"] if self.rounds else 0.0
+        self.start_clock()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=True) as progress:
-            round_task = progress.add_task("rounds", total=cfg.train.rounds, completed=len(self.rounds))
-            client_task = progress.add_task("clients", total=cfg.clients.per_round)
-            for round_number in range(len(self.rounds) + 1, cfg.train.rounds + 1):
-                round_start = time.perf_counter()
-                clients, strategy_metrics = self.train_round(round_number, progress, client_task)
-                record = {"round": round_number, "clients": clients, "strategy": strategy_metrics}
-                self.finish_round(round_number, record, round_start, offset)
-                accuracy = record.get("test_accuracy")
+            round_task = progress.add_task("rounds", total=self.config.train.rounds, completed=len(self.rounds))
+            client_task = progress.add_task("clients", total=self.config.clients.per_round)
+            for round_number in self.remaining_rounds():
+                accuracy = self.play_round(round_number, progress, client_task).get("test_accuracy")
                 shown = f"acc {accuracy:.3f}" if accuracy is not None else ""
                 progress.update(round_task, advance=1, description=f"round {round_number} {shown}")
-        summary = summarize(self.rounds, offset + time.perf_counter() - self.started)
-        self.recorder.write_summary(summary)
-        return summary
+        return self.finish()
 
 
 def run_local(config: Config, console: Console | None = None) -> tuple[Path, dict[str, Any]]:
