@@ -189,3 +189,14 @@ def test_resume_of_a_finished_run_is_refused(tmp_path):
     run_dir, _ = run_local(config, Console(quiet=True))
     result = runner.invoke(app, ["run", "--resume", str(run_dir)])
     assert result.exit_code == 2 and "is complete" in result.output
+
+
+def test_cli_stops_an_over_budget_run_with_exit_1_and_no_traceback(tmp_path, monkeypatch):
+    def over_budget(*args, **kwargs):
+        raise OverBudgetError("round 1, client 0: measured 2 bytes exceed the budget of 1")
+
+    monkeypatch.setattr("fedpilot.engines.local.run_local", over_budget)
+    result = runner.invoke(app, ["run", "--set", f"output.dir={tmp_path}"])
+    assert result.exit_code == 1
+    assert "run stopped: round 1, client 0: measured 2 bytes exceed the budget of 1" in " ".join(result.output.split())
+    assert "Traceback" not in result.output

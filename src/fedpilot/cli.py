@@ -32,6 +32,12 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def stop_run(error: Exception) -> None:
+    """A run that had to stop (a client over its budget with on_over_budget=fail): message, exit 1."""
+    console.print(f"[bold red]run stopped:[/] {error}", highlight=False)
+    raise typer.Exit(code=1)
+
+
 def resolve(config: Path | None, overrides: list[str] | None) -> Config:
     """Load and validate the config, turning errors into a clean exit."""
     try:
@@ -75,7 +81,7 @@ def run_flower_engine(cfg: Config) -> tuple[Path, dict]:
 def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None,
         engine: EngineOption = "local") -> None:
     """Run one federated fine-tuning job (or resume one) and print its results table."""
-    from fedpilot.engines.local import resume_local, run_local
+    from fedpilot.engines.local import OverBudgetError, resume_local, run_local
     from fedpilot.report.checkpoint import CheckpointError
     from fedpilot.report.records import read_rounds
     from fedpilot.report.tables import round_table, summary_table
@@ -97,6 +103,8 @@ def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOptio
             run_dir, summary = run_local(cfg, console)
     except (*USER_ERRORS, CheckpointError) as error:
         fail(str(error))
+    except OverBudgetError as error:
+        stop_run(error)
     console.print(round_table(read_rounds(run_dir)))
     console.print(summary_table(summary, str(run_dir)))
 
@@ -107,12 +115,15 @@ def compare(
     only: Annotated[Optional[list[str]], typer.Option("--only", help="run only this method label (repeatable)")] = None,
 ) -> None:
     """Run a study's grid of runs (skipping finished ones), then write its tables and plots."""
+    from fedpilot.engines.local import OverBudgetError
     from fedpilot.report.compare import run_compare
 
     try:
         run_compare(study, only or [], console)
     except USER_ERRORS as error:
         fail(str(error))
+    except OverBudgetError as error:
+        stop_run(error)
 
 
 @app.command()
