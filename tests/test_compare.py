@@ -119,7 +119,8 @@ def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
     assert float(full["peak_mem_over_budget"]) == pytest.approx(0.9)
     assert float(pilot["upload_bytes_per_round"]) == 30 and float(full["upload_bytes_per_round"]) == 80
     names = {p.name for p in paths}
-    assert {"table.md", "table.csv", "accuracy-20newsgroups-iid.png", "budget-20newsgroups-iid.png"} <= names
+    assert {"table.md", "table.csv", "units.md", "accuracy-20newsgroups-iid.png", "budget-20newsgroups-iid.png"} <= names
+    assert "| 20newsgroups | iid | fedpilot |" in (tmp_path / "results/t/units.md").read_text()
     assert (tmp_path / "results/t/table.md").read_text().count("\n") == 4
     assert "| 20newsgroups | iid | fedpilot | 2 | 0.7900 | 0.0100 | 0.7900 | 2.5 |" in (
         tmp_path / "results/t/table.md").read_text()

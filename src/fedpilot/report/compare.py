@@ -3,7 +3,8 @@
 A run directory holding `summary.json` is finished and never rerun; one without it was interrupted:
 it resumes from its last checkpointed round, or (with no complete round) is removed and run again,
 so the study's runs always land in their planned directories.
-Results go to `<results_dir>/<study>/`: `table.md`, `table.csv`, and a PNG per setting.
+Results go to `<results_dir>/<study>/`: `table.md`, `table.csv`, `units.md` (which units each method
+trained, per budget group), and PNGs per setting.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from fedpilot.engines.local import resume_local, run_local
 from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
 from fedpilot.report.records import read_rounds
 from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, select_runs
+from fedpilot.report.tables import markdown_table
+from fedpilot.report.unit_use import unit_use_markdown, unit_use_rows
 
 COLUMNS = ("dataset", "partition", "method", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean",
            "rounds_to_95pct_ref", "units_per_client", "peak_mem_over_budget", "upload_bytes_per_round")
@@ -156,13 +159,6 @@ def formatted(row: dict[str, Any]) -> list[str]:
     return ["" if row[c] is None else FORMATS.get(c, "{}").format(row[c]) for c in COLUMNS]
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(formatted(row)) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def csv_table(rows: list[dict[str, Any]]) -> str:
     """The rows as CSV with full-precision numbers; missing values are empty."""
     buffer = io.StringIO()
@@ -198,14 +194,16 @@ def plot_results(results: list[RunResult], out_dir: Path) -> list[Path]:
 
 
 def write_results(study: Study, runs: list[PlannedRun], console: Console) -> list[Path]:
-    """Table (Markdown, CSV) and plots of the study's finished runs; returns the files written."""
+    """Tables (Markdown, CSV, unit use) and plots of the study's finished runs; returns the files written."""
     results = read_results(runs)
     rows = table_rows(results, study.reference_label())
     out_dir = study.result_root
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "table.md").write_text(markdown_table(rows))
+    (out_dir / "table.md").write_text(markdown_table(COLUMNS, [formatted(row) for row in rows]))
     (out_dir / "table.csv").write_text(csv_table(rows))
-    paths = [out_dir / "table.md", out_dir / "table.csv", *plot_results(results, out_dir)]
+    settings = {key: [r.rounds for r in members] for key, members in group_results(results).items()}
+    (out_dir / "units.md").write_text(unit_use_markdown(unit_use_rows(settings)))
+    paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "units.md", *plot_results(results, out_dir)]
     console.print(rich_table(rows, f"study {study.name}: {len(results)}/{len(runs)} runs finished"))
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return paths

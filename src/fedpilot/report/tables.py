@@ -1,7 +1,8 @@
-"""Rich tables printed at the end of a run and by `fedpilot data-stats`."""
+"""Tables: rich ones printed at the end of a run and by `fedpilot data-stats`, and Markdown for study results."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,3 +47,10 @@ def data_stats_table(sizes: list[int], histograms: list[np.ndarray], label_names
         shown = ", ".join(f"{label_names[i]} ({hist[i]})" for i in top if hist[i] > 0)
         table.add_row(str(client), str(size), str(int((hist > 0).sum())), shown)
     return table
+
+
+def markdown_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """A Markdown table of already formatted cells, one inner sequence per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
