@@ -75,17 +75,42 @@ def test_momentum_over_two_rounds() -> None:
     # one of two sampled clients trains the only unit: alpha = 1/2, eta = 1 (K = 1), mu = 0.5
     units = {0: {"A": t(0.0)}}
     units, history, _ = stagg_round(units, [({0: {"A": t(2.0)}}, 1.0)], 2, {}, mu=0.5)
+    # D1 = 2, H1 = 0.5*0 + 0.5*2 = 1, Hhat = 1 / (1 - 0.5) = 2, W = 0 + (0.5*2 + 0.5*2) = 2
+    assert_close(history[0].momentum["A"], t(1.0))
+    assert history[0].updates == 1
+    assert_close(units[0]["A"], t(2.0))
+    units, history, metrics = stagg_round(units, [({0: {"A": t(6.0)}}, 1.0)], 2, history, mu=0.5)
+    # D2 = 6 - 2 = 4, H2 = 0.5*1 + 0.5*4 = 2.5, Hhat = 2.5 / (1 - 0.25) = 10/3, W = 2 + (0.5*4 + 0.5*10/3) = 17/3
+    assert_close(history[0].momentum["A"], t(2.5))
+    assert_close(units[0]["A"], t(17 / 3))
+    assert history[0].last_norm == pytest.approx(4.0)
+    assert (history[0].age, history[0].updates) == (0, 2)
+    # r = 4 / 2 = 2, but a single trained unit always gets eta = 1 * e^(r/T) / e^(r/T) = 1
+    assert metrics[0].eta == pytest.approx(1.0)
+
+
+def test_sum_momentum_over_two_rounds() -> None:
+    # the literal H <- mu*H + D ablation, same rounds as above
+    units = {0: {"A": t(0.0)}}
+    units, history, _ = stagg_round(units, [({0: {"A": t(2.0)}}, 1.0)], 2, {}, mu=0.5, momentum="sum")
     # D1 = 2, H1 = 0.5*0 + 2 = 2, W = 0 + (0.5*2 + 0.5*2) = 2
     assert_close(history[0].momentum["A"], t(2.0))
     assert_close(units[0]["A"], t(2.0))
-    units, history, metrics = stagg_round(units, [({0: {"A": t(6.0)}}, 1.0)], 2, history, mu=0.5)
+    units, history, _ = stagg_round(units, [({0: {"A": t(6.0)}}, 1.0)], 2, history, mu=0.5, momentum="sum")
     # D2 = 6 - 2 = 4, H2 = 0.5*2 + 4 = 5, W = 2 + (0.5*4 + 0.5*5) = 6.5
     assert_close(history[0].momentum["A"], t(5.0))
     assert_close(units[0]["A"], t(6.5))
-    assert history[0].last_norm == pytest.approx(4.0)
-    assert history[0].age == 0
-    # r = 4 / 2 = 2, but a single trained unit always gets eta = 1 * e^(r/T) / e^(r/T) = 1
-    assert metrics[0].eta == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("momentum", "last_step"), [("ema", 1.0), ("sum", 0.1 + 0.9 * (1 - 0.9**20) / 0.1)])
+def test_a_low_coverage_unit_with_steady_updates_steps_by_one_update_only_with_ema(momentum, last_step) -> None:
+    # 1 of 10 sampled clients moves the unit by +1 every round: alpha = 0.1, mu = 0.9, 20 rounds
+    units, history = {0: {"A": t(0.0)}}, {}
+    for _ in range(20):
+        before = float(units[0]["A"])
+        units, history, _ = stagg_round(units, [({0: {"A": t(before + 1.0)}}, 1.0)], 10, history, mu=0.9,
+                                        momentum=momentum)
+    assert float(units[0]["A"]) - before == pytest.approx(last_step, rel=1e-5)
 
 
 def test_alpha_is_coverage_over_sampled() -> None:
@@ -193,6 +218,7 @@ GOOD = [({0: {"A": t(1.0)}}, 1.0)]
     [
         (GOOD, 1, {"mu": 1.0}, "mu"),
         (GOOD, 1, {"mu": -0.1}, "mu"),
+        (GOOD, 1, {"momentum": "adam"}, "momentum"),
         (GOOD, 1, {"temperature": 0.0}, "temperature"),
         (GOOD, 0, {}, "num_sampled"),
         (GOOD + GOOD, 1, {}, "num_sampled"),

@@ -138,6 +138,8 @@ class StrategyConfig(_Section):
     beta: float = Field(0.1, ge=0, description="weight of the exploration bonus")
     rho: float = Field(0.5, ge=0, lt=1, description="EMA factor of the global IG-Score")
     mu: float = Field(0.9, ge=0, lt=1, description="per-unit server momentum of STAgg")
+    momentum: Literal["ema", "sum"] = Field(
+        "ema", description="STAgg history: bias-corrected average of past updates, or the plain sum mu*H + D")
     temperature: float = Field(2.0, gt=0, description="DWA softmax temperature")
     ig_examples: int = Field(16, gt=0, description="examples of a client's IG set for local scores")
 

@@ -5,11 +5,17 @@ In round t the clients Q_t are sampled; C_j are the clients that returned unit j
 (coverage c_j = |C_j|) and client i has data-size weight n_i. Per tensor of unit j:
 
     spatial   D_j     = sum_{i in C_j} n_i (W_ij - W_j) / sum_{i in C_j} n_i
-    temporal  H_j    <- mu * H_j + D_j                        (H_j starts at 0)
+    temporal  H_j    <- mu * H_j + (1 - mu) * D_j             (H_j starts at 0; k_j += 1)
+              Hhat_j  = H_j / (1 - mu^k_j)                    (k_j = rounds unit j was trained)
     coverage  alpha_j = c_j / |Q_t|
     DWA       r_j     = ||D_j^t|| / ||D_j^{t-1}||             (1 if no previous norm or it is 0)
               eta_j   = K exp(r_j / T) / sum_{k trained} exp(r_k / T),   K = number of trained units
-    update    W_j    <- W_j + eta_j * (alpha_j * D_j + (1 - alpha_j) * H_j)
+    update    W_j    <- W_j + eta_j * (alpha_j * D_j + (1 - alpha_j) * Hhat_j)
+
+The temporal term is a bias-corrected average of the unit's past updates (momentum="ema"), so it
+has the scale of one update. momentum="sum" is the literal H_j <- mu * H_j + D_j, Hhat_j = H_j,
+kept as an ablation: with updates that keep one direction it grows towards D_j / (1 - mu) (10x at
+mu = 0.9), so the units that few clients trained, which lean on it most, took the largest steps.
 
 ||.|| is the Frobenius norm over all tensors of the unit, and the mean of eta over
 the trained units is 1 (Liu et al., CVPR 2019). Only C_j enters D_j: averaging over
@@ -17,7 +23,8 @@ every client would shrink a rarely trained unit's update towards zero, and a low
 coverage leans the update on the unit's history H_j instead.
 
 A unit nobody trained keeps W_j, decays H_j <- mu * H_j (mu^a_j after a_j idle
-rounds), keeps its last norm and ages by one (a_j = rounds since last trained).
+rounds; k_j is unchanged, so Hhat_j decays too), keeps its last norm and ages by one
+(a_j = rounds since last trained).
 dwa=False sets eta_j = 1. temporal=False is the spatial-only ablation
 W_j <- W_j + D_j, leaving momentum untouched (metrics report alpha = eta = 1).
 The classifier head is plain FedAvg over every client that returned it:
@@ -28,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -37,6 +44,7 @@ from fedpilot.aggregate.fedavg import validate_weights, weighted_average
 
 Unit = dict[str, Tensor]
 ClientUpdate = tuple[Mapping[int, Mapping[str, Tensor]], float]
+MOMENTUM_KINDS = ("ema", "sum")
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,20 @@ class UnitHistory:
     momentum: Unit
     age: int = 0
     last_norm: float | None = None
+    updates: int = 0
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How one trained unit's step is formed: coverage weight, DWA rate, momentum decay and kind.
+
+    momentum None is the spatial-only ablation (the step is D_j).
+    """
+
+    alpha: float
+    eta: float
+    mu: float
+    momentum: str | None
 
 
 @dataclass(frozen=True)
@@ -98,9 +120,12 @@ def stagg_round(
     temperature: float = 2.0,
     dwa: bool = True,
     temporal: bool = True,
+    momentum: str = "ema",
 ) -> tuple[dict[int, Unit], dict[int, UnitHistory], dict[int, UnitMetrics]]:
     """One STAgg round: new global units, new history and per-unit metrics; the inputs are left untouched."""
     _check_round(global_units, client_updates, num_sampled, mu, temperature)
+    if momentum not in MOMENTUM_KINDS:
+        raise ValueError(f"momentum must be one of {MOMENTUM_KINDS}, got {momentum!r}")
     covering = _group_by_unit(client_updates)
     past = {j: history[j] if j in history else _fresh_history(unit) for j, unit in global_units.items()}
     deltas = {j: spatial_delta(global_units[j], units, weights) for j, (units, weights) in covering.items()}
@@ -117,34 +142,34 @@ def stagg_round(
         coverage = len(covering[j][0])
         alpha = coverage / num_sampled if temporal else 1.0
         eta = etas.get(j, 1.0)
-        new_units[j], new_history[j] = _trained_step(unit, deltas[j], past[j], norms[j], alpha, eta, mu, temporal)
+        mix = Mix(alpha, eta, mu, momentum if temporal else None)
+        new_units[j], new_history[j] = _trained_step(unit, deltas[j], past[j], norms[j], mix)
         metrics[j] = UnitMetrics(coverage=coverage, alpha=alpha, eta=eta, delta_norm=norms[j], age=0)
     return new_units, new_history, metrics
 
 
 def _trained_step(
-    unit: Mapping[str, Tensor],
-    delta: Unit,
-    past: UnitHistory,
-    norm: float,
-    alpha: float,
-    eta: float,
-    mu: float,
-    temporal: bool,
+    unit: Mapping[str, Tensor], delta: Unit, past: UnitHistory, norm: float, mix: Mix
 ) -> tuple[Unit, UnitHistory]:
     """Move a trained unit by D_j (spatial-only) or by the DWA-scaled mix of D_j and its refreshed momentum."""
-    if not temporal:
-        return _add(unit, delta), UnitHistory(past.momentum, age=0, last_norm=norm)
-    momentum = {key: mu * past.momentum[key] + value for key, value in delta.items()}
-    step = {key: eta * (alpha * delta[key] + (1 - alpha) * momentum[key]) for key in delta}
-    return _add(unit, step), UnitHistory(momentum, age=0, last_norm=norm)
+    if mix.momentum is None:
+        return _add(unit, delta), replace(past, age=0, last_norm=norm)
+    mu, updates = mix.mu, past.updates + 1
+    if mix.momentum == "ema":
+        momentum = {key: mu * past.momentum[key] + (1 - mu) * value for key, value in delta.items()}
+        carried = {key: value / (1 - mu**updates) for key, value in momentum.items()}
+    else:
+        momentum = {key: mu * past.momentum[key] + value for key, value in delta.items()}
+        carried = momentum
+    step = {key: mix.eta * (mix.alpha * delta[key] + (1 - mix.alpha) * carried[key]) for key in delta}
+    return _add(unit, step), UnitHistory(momentum, age=0, last_norm=norm, updates=updates)
 
 
 def _idle_step(unit: Mapping[str, Tensor], past: UnitHistory, decay: float) -> tuple[Unit, UnitHistory]:
     """Keep an untrained unit's weights, decay its momentum and age it by one round."""
     momentum = {key: decay * value for key, value in past.momentum.items()}
     kept = {key: value.clone() for key, value in unit.items()}
-    return kept, UnitHistory(momentum, age=past.age + 1, last_norm=past.last_norm)
+    return kept, replace(past, momentum=momentum, age=past.age + 1)
 
 
 def _add(unit: Mapping[str, Tensor], step: Mapping[str, Tensor]) -> Unit:

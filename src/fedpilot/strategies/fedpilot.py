@@ -49,7 +49,8 @@ class FedPilot(Strategy):
         tensors = {f"momentum/{j}/{key}": t for j, h in self.history.items() for key, t in h.momentum.items()}
         meta = {"global_scores": {str(j): v for j, v in self.global_scores.items()},
                 "trained_rounds": self.trained_rounds,
-                "history": {str(j): {"age": h.age, "last_norm": h.last_norm} for j, h in self.history.items()}}
+                "history": {str(j): {"age": h.age, "last_norm": h.last_norm, "updates": h.updates}
+                            for j, h in self.history.items()}}
         return tensors, meta
 
     def restore(self, tensors: State, meta: dict[str, Any]) -> None:
@@ -60,7 +61,7 @@ class FedPilot(Strategy):
         for name, tensor in tensors.items():
             _, unit, key = name.split("/", 2)
             momentum.setdefault(int(unit), {})[key] = tensor
-        self.history = {int(j): UnitHistory(momentum.get(int(j), {}), h["age"], h["last_norm"])
+        self.history = {int(j): UnitHistory(momentum.get(int(j), {}), h["age"], h["last_norm"], h["updates"])
                         for j, h in meta["history"].items()}
 
     def score_request(self, round_number: int, clients: list[int]) -> dict[int, tuple[int, ...]]:
@@ -122,7 +123,7 @@ class FedPilot(Strategy):
         new_units, self.history, unit_metrics = stagg_round(
             global_units, [(units, w) for (units, _), w in zip(split, weights)], self.sampled[round_number],
             self.history, mu=options.mu, temperature=options.temperature, dwa=options.dwa,
-            temporal=options.aggregation == "stagg")
+            temporal=options.aggregation == "stagg", momentum=options.momentum)
         head = weighted_average([h for _, h in split], weights)
         for j, metrics in unit_metrics.items():
             self.trained_rounds[j] += metrics.coverage > 0
