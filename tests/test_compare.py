@@ -121,6 +121,9 @@ def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
     names = {p.name for p in paths}
     assert {"table.md", "table.csv", "units.md", "accuracy-20newsgroups-iid.png", "budget-20newsgroups-iid.png"} <= names
     assert "| 20newsgroups | iid | fedpilot |" in (tmp_path / "results/t/units.md").read_text()
+    assert (tmp_path / "results/t/pivot.md").read_text().splitlines() == [
+        "| method | 20newsgroups iid |", "|---|---|",
+        "| fedavg-full | 80.0 ± 10.0 (2) |", "| fedpilot | 79.0 ± 1.0 (2) |"]
     assert (tmp_path / "results/t/table.md").read_text().count("\n") == 4
     assert "| 20newsgroups | iid | fedpilot | 2 | 0.7900 | 0.0100 | 0.7900 | 2.5 |" in (
         tmp_path / "results/t/table.md").read_text()
@@ -156,6 +159,22 @@ def test_compare_resumes_finished_runs_and_reruns_interrupted_ones_in_place(tmp_
     assert "differs from the study's" in compare.finished_note(runs[0])
     rows = list(csv.DictReader((tmp_path / "results/t/table.csv").open()))
     assert [(r["method"], r["final_acc_mean"]) for r in rows] == [("fedavg-full", "0.5"), ("fedpilot", "0.6")]
+
+
+def test_report_only_tabulates_finished_runs_and_runs_nothing(tmp_path, monkeypatch):
+    path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]})
+    runs, _ = expand_study(load_study(path))
+    write_run(runs[0].run_dir, runs[0].config, [0.5], [client(0, 6, 90, 100, 40)])
+
+    def no_run(config, console):
+        raise AssertionError("--report-only must not start a run")
+
+    monkeypatch.setattr(compare, "run_local", no_run)
+    result = CliRunner().invoke(app, ["compare", "--study", str(path), "--report-only"])
+    assert result.exit_code == 0, result.output
+    assert not runs[1].run_dir.exists()
+    rows = list(csv.DictReader((tmp_path / "results/t/table.csv").open()))
+    assert [(r["method"], r["final_acc_mean"]) for r in rows] == [("fedavg-full", "0.5")]
 
 
 def test_plot_command_draws_runs_and_rejects_non_run_dirs(tmp_path):

@@ -113,13 +113,14 @@ def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOptio
 def compare(
     study: Annotated[Path, typer.Option("--study", help="study YAML (see configs/studies/)")],
     only: Annotated[Optional[list[str]], typer.Option("--only", help="run only this method label (repeatable)")] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="run nothing: tabulate the finished runs")] = False,
 ) -> None:
     """Run a study's grid of runs (skipping finished ones), then write its tables and plots."""
     from fedpilot.engines.local import OverBudgetError
     from fedpilot.report.compare import run_compare
 
     try:
-        run_compare(study, only or [], console)
+        run_compare(study, only or [], console, run=not report_only)
     except USER_ERRORS as error:
         fail(str(error))
     except OverBudgetError as error:

@@ -3,8 +3,8 @@
 A run directory holding `summary.json` is finished and never rerun; one without it was interrupted:
 it resumes from its last checkpointed round, or (with no complete round) is removed and run again,
 so the study's runs always land in their planned directories.
-Results go to `<results_dir>/<study>/`: `table.md`, `table.csv`, `units.md` (which units each method
-trained, per budget group), and PNGs per setting.
+Results go to `<results_dir>/<study>/`: `table.md`, `table.csv`, `pivot.md` (final accuracy, methods x
+settings), `units.md` (which units each method trained, per budget group), and PNGs per setting.
 """
 
 from __future__ import annotations
@@ -159,6 +159,22 @@ def formatted(row: dict[str, Any]) -> list[str]:
     return ["" if row[c] is None else FORMATS.get(c, "{}").format(row[c]) for c in COLUMNS]
 
 
+def pivot_markdown(rows: list[dict[str, Any]]) -> str:
+    """Final accuracy (mean ± std over seeds, in %) with one row per method and one column per setting."""
+    settings = list(dict.fromkeys(f"{row['dataset']} {row['partition']}" for row in rows))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    cells = {(row["method"], f"{row['dataset']} {row['partition']}"): row for row in rows}
+    body = [[method, *(_accuracy_cell(cells.get((method, setting))) for setting in settings)] for method in methods]
+    return markdown_table(["method", *settings], body)
+
+
+def _accuracy_cell(row: dict[str, Any] | None) -> str:
+    """`mean ± std (seeds)` of a row's final accuracy in percent; empty when the row or its accuracy is missing."""
+    if row is None or row["final_acc_mean"] is None:
+        return ""
+    return f"{100 * row['final_acc_mean']:.1f} ± {100 * row['final_acc_std']:.1f} ({row['seeds']})"
+
+
 def csv_table(rows: list[dict[str, Any]]) -> str:
     """The rows as CSV with full-precision numbers; missing values are empty."""
     buffer = io.StringIO()
@@ -201,19 +217,23 @@ def write_results(study: Study, runs: list[PlannedRun], console: Console) -> lis
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "table.md").write_text(markdown_table(COLUMNS, [formatted(row) for row in rows]))
     (out_dir / "table.csv").write_text(csv_table(rows))
+    (out_dir / "pivot.md").write_text(pivot_markdown(rows))
     settings = {key: [r.rounds for r in members] for key, members in group_results(results).items()}
     (out_dir / "units.md").write_text(unit_use_markdown(unit_use_rows(settings)))
-    paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "units.md", *plot_results(results, out_dir)]
+    paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "pivot.md", out_dir / "units.md", *plot_results(results, out_dir)]
     console.print(rich_table(rows, f"study {study.name}: {len(results)}/{len(runs)} runs finished"))
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return paths
 
 
-def run_compare(study_path: str | Path, only: list[str], console: Console) -> list[Path]:
-    """`fedpilot compare`: expand the study, run what is missing (of the `only` methods), write the results."""
+def run_compare(study_path: str | Path, only: list[str], console: Console, run: bool = True) -> list[Path]:
+    """`fedpilot compare`: expand the study, run what is missing (of the `only` methods) unless `run` is
+    False, and write the results of every finished run."""
     study = load_study(study_path)
     runs, skipped = expand_study(study)
     for name, reason in skipped:
         console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
-    run_study(select_runs(runs, study, only), console)
+    selected = select_runs(runs, study, only)
+    if run:
+        run_study(selected, console)
     return write_results(study, runs, console)
