@@ -205,3 +205,11 @@ def test_tiny_real_comparison_end_to_end(tmp_path):
     assert all(0 <= float(r["final_acc_mean"]) <= 1 and r["seeds"] == "1" for r in rows)
     assert float(rows[0]["units_per_client"]) == 6 and float(rows[1]["units_per_client"]) < 6
     assert (tmp_path / "results/t/accuracy-20newsgroups-iid.png").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_studies_expand_to_valid_runs(path):
+    study = load_study(path)
+    runs, skipped = expand_study(study)
+    assert runs and not skipped
+    assert len({run.name for run in runs}) == len(runs)
