@@ -33,7 +33,7 @@ from fedpilot.report.unit_use import unit_use_markdown, unit_use_rows
 COLUMNS = ("dataset", "partition", "method", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean",
            "rounds_to_95pct_ref", "units_per_client", "peak_mem_over_budget", "upload_bytes_per_round")
 FORMATS = {"final_acc_mean": "{:.4f}", "final_acc_std": "{:.4f}", "best_acc_mean": "{:.4f}",
-           "rounds_to_95pct_ref": "{:g}", "units_per_client": "{:.2f}", "peak_mem_over_budget": "{:.3f}",
+           "rounds_to_95pct_ref": "{:.3g}", "units_per_client": "{:.2f}", "peak_mem_over_budget": "{:.3f}",
            "upload_bytes_per_round": "{:,.0f}"}
 HEADINGS = {"final_acc_mean": "final acc", "final_acc_std": "± std", "best_acc_mean": "best acc",
             "rounds_to_95pct_ref": "rounds to 95% ref", "units_per_client": "units per client",
