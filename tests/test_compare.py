@@ -83,6 +83,7 @@ def test_grid_expands_in_order_and_skips_pathological_k_above_the_label_count(tm
     ({"methods": ["fedpilot"], "partitions": [{"kind": "iid", "alpha": 0.1}]}, {}, "alpha applies to kind dirichlet"),
     ({"methods": ["fedpilot"]}, {"overrides": ["train.rouds=2"]}, "train.rouds: unknown key"),
     ({"methods": ["fedpilot"]}, {"overrides": ["output.dir=x"]}, "output.\\* is set by the study"),
+    ({"methods": ["fedpilot", "top-k"]}, {"paired_with": "fedra"}, "paired_with: 'fedra' is not a method label"),
 ])
 def test_bad_study_files_are_config_errors_naming_the_field(tmp_path, grid, extra, message):
     with pytest.raises(ConfigError, match=message):
@@ -91,7 +92,8 @@ def test_bad_study_files_are_config_errors_naming_the_field(tmp_path, grid, extr
 
 def fake_study(tmp_path: Path):
     """Two methods x two seeds on one setting, with hand-written run directories."""
-    study = load_study(write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"], "seeds": [0, 1]}))
+    study = load_study(write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"], "seeds": [0, 1]},
+                                   paired_with="fedpilot"))
     runs, _ = expand_study(study)
     full = [client(0, 6, 90, 100, 40), client(1, 6, 90, 100, 40)]
     pilot = [client(0, 2, 60, 100, 10), client(1, 4, 90, 100, 20, measured_bytes=110), {"id": 2, "skipped": "budget"}]
@@ -121,6 +123,9 @@ def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
     names = {p.name for p in paths}
     assert {"table.md", "table.csv", "units.md", "accuracy-20newsgroups-iid.png", "budget-20newsgroups-iid.png"} <= names
     assert "| 20newsgroups | iid | fedpilot |" in (tmp_path / "results/t/units.md").read_text()
+    # fedavg-full minus fedpilot: seed 0 0.9 - 0.8, seed 1 0.7 - 0.78
+    assert "| 20newsgroups | iid | fedavg-full | 2 | +1.0 | +10.0 / -8.0 | 1/2 |" in (
+        tmp_path / "results/t/paired.md").read_text()
     assert (tmp_path / "results/t/pivot.md").read_text().splitlines() == [
         "| method | 20newsgroups iid |", "|---|---|",
         "| fedavg-full | 80.0 ± 10.0 (2) |", "| fedpilot | 79.0 ± 1.0 (2) |"]

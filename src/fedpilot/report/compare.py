@@ -4,7 +4,8 @@ A run directory holding `summary.json` is finished and never rerun; one without 
 it resumes from its last checkpointed round, or (with no complete round) is removed and run again,
 so the study's runs always land in their planned directories.
 Results go to `<results_dir>/<study>/`: `table.md`, `table.csv`, `pivot.md` (final accuracy, methods x
-settings), `units.md` (which units each method trained, per budget group), and PNGs per setting.
+settings), `units.md` (which units each method trained, per budget group), `paired.md` when the study
+names `paired_with` (each method minus that one, seed by seed), and PNGs per setting.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.table import Table
 
 from fedpilot.config import dump_config
 from fedpilot.engines.local import resume_local, run_local
+from fedpilot.report.paired import paired_markdown, paired_rows
 from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
 from fedpilot.report.records import read_rounds
 from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, select_runs
@@ -209,18 +211,28 @@ def plot_results(results: list[RunResult], out_dir: Path) -> list[Path]:
     return paths
 
 
+def write_tables(out_dir: Path, rows: list[dict[str, Any]], groups: dict[tuple[str, str, str], list[RunResult]],
+                 paired_with: str | None) -> list[Path]:
+    """table.md, table.csv, pivot.md, units.md and, with an anchor method, paired.md; returns their paths."""
+    texts = {"table.md": markdown_table(COLUMNS, [formatted(row) for row in rows]), "table.csv": csv_table(rows),
+             "pivot.md": pivot_markdown(rows),
+             "units.md": unit_use_markdown(unit_use_rows({key: [r.rounds for r in members]
+                                                          for key, members in groups.items()}))}
+    if paired_with:
+        accuracies = {key: {r.run.seed: r.summary["final_accuracy"] for r in members} for key, members in groups.items()}
+        texts["paired.md"] = paired_markdown(paired_rows(accuracies, paired_with), paired_with)
+    for name, text in texts.items():
+        (out_dir / name).write_text(text)
+    return [out_dir / name for name in texts]
+
+
 def write_results(study: Study, runs: list[PlannedRun], console: Console) -> list[Path]:
-    """Tables (Markdown, CSV, unit use) and plots of the study's finished runs; returns the files written."""
+    """Tables and plots of the study's finished runs; returns the files written."""
     results = read_results(runs)
     rows = table_rows(results, study.reference_label())
     out_dir = study.result_root
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "table.md").write_text(markdown_table(COLUMNS, [formatted(row) for row in rows]))
-    (out_dir / "table.csv").write_text(csv_table(rows))
-    (out_dir / "pivot.md").write_text(pivot_markdown(rows))
-    settings = {key: [r.rounds for r in members] for key, members in group_results(results).items()}
-    (out_dir / "units.md").write_text(unit_use_markdown(unit_use_rows(settings)))
-    paths = [out_dir / "table.md", out_dir / "table.csv", out_dir / "pivot.md", out_dir / "units.md", *plot_results(results, out_dir)]
+    paths = write_tables(out_dir, rows, group_results(results), study.paired_with) + plot_results(results, out_dir)
     console.print(rich_table(rows, f"study {study.name}: {len(results)}/{len(runs)} runs finished"))
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return paths

@@ -102,8 +102,16 @@ class Study(_Strict):
     grid: Grid = Field(description="what varies between runs")
     runs_dir: str = Field("runs", description="parent of the study's run directories")
     results_dir: str = Field("results", description="parent of the study's tables and plots")
+    paired_with: str | None = Field(None, description="method label every other method is compared with, seed by seed")
 
     _no_output = field_validator("overrides")(no_output_overrides)
+
+    @model_validator(mode="after")
+    def _paired_with_is_a_method(self) -> Study:
+        tags = [method.tag for method in self.grid.methods]
+        if self.paired_with is not None and self.paired_with not in tags:
+            raise ValueError(f"paired_with: {self.paired_with!r} is not a method label of the grid {tags}")
+        return self
 
     @property
     def run_root(self) -> Path:
