@@ -123,9 +123,7 @@ def stagg_round(
     momentum: str = "ema",
 ) -> tuple[dict[int, Unit], dict[int, UnitHistory], dict[int, UnitMetrics]]:
     """One STAgg round: new global units, new history and per-unit metrics; the inputs are left untouched."""
-    _check_round(global_units, client_updates, num_sampled, mu, temperature)
-    if momentum not in MOMENTUM_KINDS:
-        raise ValueError(f"momentum must be one of {MOMENTUM_KINDS}, got {momentum!r}")
+    _check_round(global_units, client_updates, num_sampled, mu, temperature, momentum)
     covering = _group_by_unit(client_updates)
     past = {j: history[j] if j in history else _fresh_history(unit) for j, unit in global_units.items()}
     deltas = {j: spatial_delta(global_units[j], units, weights) for j, (units, weights) in covering.items()}
@@ -222,10 +220,13 @@ def _check_round(
     num_sampled: int,
     mu: float,
     temperature: float,
+    momentum: str,
 ) -> None:
     """Reject hyper-parameters and client updates that would make the round's math meaningless."""
     if not 0 <= mu < 1:
         raise ValueError(f"mu must be in [0, 1), got {mu}")
+    if momentum not in MOMENTUM_KINDS:
+        raise ValueError(f"momentum must be one of {MOMENTUM_KINDS}, got {momentum!r}")
     _check_temperature(temperature)
     if num_sampled < max(1, len(client_updates)):
         raise ValueError(f"num_sampled={num_sampled} must be >= 1 and >= the {len(client_updates)} client updates")
