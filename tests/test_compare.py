@@ -120,6 +120,7 @@ def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
     assert float(pilot["peak_mem_over_budget"]) == pytest.approx(1.1)  # measured beats the estimate
     assert float(full["peak_mem_over_budget"]) == pytest.approx(0.9)
     assert float(pilot["upload_bytes_per_round"]) == 30 and float(full["upload_bytes_per_round"]) == 80
+    assert float(pilot["seconds_per_run"]) == 3.0  # summary wall_seconds of each hand-written run
     names = {p.name for p in paths}
     assert {"table.md", "table.csv", "units.md", "accuracy-20newsgroups-iid.png", "budget-20newsgroups-iid.png"} <= names
     assert "| 20newsgroups | iid | fedpilot |" in (tmp_path / "results/t/units.md").read_text()

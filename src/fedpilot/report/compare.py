@@ -33,13 +33,15 @@ from fedpilot.report.tables import markdown_table
 from fedpilot.report.unit_use import unit_use_markdown, unit_use_rows
 
 COLUMNS = ("dataset", "partition", "method", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean",
-           "rounds_to_95pct_ref", "units_per_client", "peak_mem_over_budget", "upload_bytes_per_round")
+           "rounds_to_95pct_ref", "units_per_client", "peak_mem_over_budget", "upload_bytes_per_round",
+           "seconds_per_run")
 FORMATS = {"final_acc_mean": "{:.4f}", "final_acc_std": "{:.4f}", "best_acc_mean": "{:.4f}",
            "rounds_to_95pct_ref": "{:.3g}", "units_per_client": "{:.2f}", "peak_mem_over_budget": "{:.3f}",
-           "upload_bytes_per_round": "{:,.0f}"}
+           "upload_bytes_per_round": "{:,.0f}", "seconds_per_run": "{:.1f}"}
 HEADINGS = {"final_acc_mean": "final acc", "final_acc_std": "± std", "best_acc_mean": "best acc",
             "rounds_to_95pct_ref": "rounds to 95% ref", "units_per_client": "units per client",
-            "peak_mem_over_budget": "peak mem / budget", "upload_bytes_per_round": "upload B / round"}
+            "peak_mem_over_budget": "peak mem / budget", "upload_bytes_per_round": "upload B / round",
+            "seconds_per_run": "s / run"}
 Setting = tuple[str, str]
 
 
@@ -132,6 +134,7 @@ def group_stats(results: list[RunResult], reference: float | None) -> dict[str, 
         "units_per_client": mean_or_none([len(c.get("units", ())) for c in clients]),
         "peak_mem_over_budget": max(ratios) if ratios else None,
         "upload_bytes_per_round": mean_or_none([sum(u) for u in uploads if u]),
+        "seconds_per_run": mean_or_none([r.summary["wall_seconds"] for r in results if "wall_seconds" in r.summary]),
     }
 
 
