@@ -125,13 +125,15 @@ def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
     assert {"table.md", "table.csv", "units.md", "accuracy-20newsgroups-iid.png", "budget-20newsgroups-iid.png"} <= names
     assert "| 20newsgroups | iid | fedpilot |" in (tmp_path / "results/t/units.md").read_text()
     # fedavg-full minus fedpilot: seed 0 0.9 - 0.8, seed 1 0.7 - 0.78
-    assert "| 20newsgroups | iid | fedavg-full | 2 | +1.0 | +10.0 / -8.0 | 1/2 |" in (
+    # t(0.975, 1) = 12.7062, sd of the diffs 0.12728: half width 1.1436 around +0.01
+    assert "| 20newsgroups | iid | fedavg-full | 2 | +1.0 | -113.4 .. +115.4 | tie | +10.0 / -8.0 | 1/2 |" in (
         tmp_path / "results/t/paired.md").read_text()
+    assert (tmp_path / "results/t/paired.csv").read_text().splitlines()[1].startswith("20newsgroups,iid,fedavg-full,2,")
     assert (tmp_path / "results/t/pivot.md").read_text().splitlines() == [
         "| method | 20newsgroups iid |", "|---|---|",
         "| fedavg-full | 80.0 ± 10.0 (2) |", "| fedpilot | 79.0 ± 1.0 (2) |"]
     assert (tmp_path / "results/t/table.md").read_text().count("\n") == 4
-    assert "| 20newsgroups | iid | fedpilot | 2 | 0.7900 | 0.0100 | 0.7900 | 2.5 |" in (
+    assert "| 20newsgroups | iid | fedpilot | 2 | 0.7900 | 0.0100 | 0.7900 |  |  | 2.5 |" in (
         tmp_path / "results/t/table.md").read_text()
 
 

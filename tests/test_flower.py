@@ -71,6 +71,8 @@ def test_a_plan_survives_its_config_record():
     plan = Plan((1, 4), 3, estimated_bytes=10, budget_bytes=20, upload_bytes=30)
     assert plan_from_config(ConfigRecord(plan_config(plan, 2, 1, 7))) == plan
     assert plan_from_config(ConfigRecord(plan_config(Plan((), 1), 2, 1, 7))) == Plan((), 1)
+    mixed = Plan((2, 5), 3, ranks=(2, 8))
+    assert plan_from_config(ConfigRecord(plan_config(mixed, 2, 1, 7))) == mixed
 
 
 @pytest.mark.slow

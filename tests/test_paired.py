@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedpilot.report.paired import paired_markdown, paired_rows
+from fedpilot.report.paired import paired_csv, paired_markdown, paired_rows, t_interval, verdict
 
 ACC = {
     ("20ng", "iid", "fedpilot"): {0: 0.40, 1: 0.30, 2: 0.35},
@@ -25,8 +25,27 @@ def test_differences_are_taken_seed_by_seed_over_shared_seeds():
     assert rows["fedra"]["diffs"] == pytest.approx([-0.10])
 
 
-def test_markdown_shows_points_with_signs():
+def test_t_interval_against_hand_computed_cases():
+    # diffs 0.02, 0.01, -0.01: mean 0.00667, sd 0.015275, sem 0.0088192, t(0.975, 2) = 4.302653
+    low, high = t_interval([0.02, 0.01, -0.01])
+    assert (low, high) == pytest.approx((-0.031279, 0.044612), abs=1e-6)
+    assert verdict(low, high) == "tie"
+    # diffs 0.02, 0.03, 0.025: mean 0.025, sd 0.005, half width 4.302653 * 0.0028868 = 0.012421
+    low, high = t_interval([0.02, 0.03, 0.025])
+    assert (low, high) == pytest.approx((0.012579, 0.037421), abs=1e-6)
+    assert verdict(low, high) == "ahead"
+    assert verdict(*t_interval([-0.02, -0.03, -0.025])) == "behind"
+    assert t_interval([0.5]) == (None, None) and verdict(None, None) == "tie"
+
+
+def test_markdown_shows_points_interval_and_verdict():
     table = paired_markdown(paired_rows(ACC, "fedpilot"), "fedpilot")
-    assert table.startswith("Final accuracy minus fedpilot's, seed by seed.")
-    assert "| 20ng | iid | top-k | 3 | +0.7 | +2.0 / +1.0 / -1.0 | 2/3 |" in table
-    assert "| 20ng | iid | fedra | 1 | -10.0 | -10.0 | 0/1 |" in table
+    assert table.startswith("Final test accuracy minus fedpilot's, seed by seed;")
+    assert "| 20ng | iid | top-k | 3 | +0.7 | -3.1 .. +4.5 | tie | +2.0 / +1.0 / -1.0 | 2/3 |" in table
+    assert "| 20ng | iid | fedra | 1 | -10.0 | n/a .. n/a | tie | -10.0 | 0/1 |" in table
+
+
+def test_csv_has_interval_columns_and_empty_bounds_for_one_seed():
+    lines = paired_csv(paired_rows(ACC, "fedpilot")).splitlines()
+    assert lines[0] == "dataset,partition,method,seeds,mean_diff,ci_low,ci_high,verdict"
+    assert lines[2].startswith("20ng,iid,fedra,1,") and lines[2].endswith(",,,tie")

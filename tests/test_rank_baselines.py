@@ -17,7 +17,7 @@ from fedpilot.config import load_config
 from fedpilot.engines.local import run_local
 from fedpilot.federation import build_federation
 from fedpilot.memory.cost import CostProfile, MiB, mem_of
-from fedpilot.models.rank import mem_at_rank, pad_rank, reduced_rank, slice_rank
+from fedpilot.models.rank import mem_at_ranks, pad_rank, reduced_rank, slice_rank
 from fedpilot.models.units import Unit, UnitMap
 from fedpilot.report.records import read_rounds
 from fedpilot.strategies import REGISTRY, StrategyContext, make_strategy
@@ -77,7 +77,7 @@ def test_reduced_rank_equals_full_rank_with_zero_trailing_components():
         expected = model(x)
         full_a.copy_(before_a)
         full_b.copy_(before_b)
-    with reduced_rank(model, [a_key, b_key], 2):
+    with reduced_rank(model, {a_key: 2, b_key: 2}):
         small = dict(model.named_parameters())
         assert small[a_key].shape == (2, 6) and small[b_key].shape == (5, 2)
         assert torch.allclose(model(x), expected, atol=1e-6)
@@ -87,7 +87,7 @@ def test_reduced_rank_equals_full_rank_with_zero_trailing_components():
     after = dict(model.named_parameters())
     assert after[a_key] is full_a and after[b_key] is full_b
     assert torch.equal(full_a, before_a) and torch.equal(full_b, before_b)
-    with reduced_rank(model, [a_key, b_key], None):
+    with reduced_rank(model, {}):
         assert dict(model.named_parameters())[a_key] is full_a
 
 
@@ -118,7 +118,7 @@ def test_training_a_reduced_rank_client_returns_small_tensors():
     data = Dataset.from_dict({"x": torch.randn(8, 6).tolist(), "label": [0, 1, 2, 3, 4, 0, 1, 2]}).with_format("torch")
     state = {k: p.detach().clone() for k, p in wrapped.named_parameters() if k in keys}
     settings = TrainSettings(4, 1e-2, 0.0, "fp32", "cpu")
-    update = train_client(wrapped, unit_map, state, Plan((0,), 2, rank=2), data, settings, 0, 0)
+    update = train_client(wrapped, unit_map, state, Plan((0,), 2, ranks=(2,)), data, settings, 0, 0)
     shapes = {tuple(t.shape) for t in update.tensors.values()}
     assert shapes == {(2, 6), (5, 2)} and update.metrics["rank"] == 2
     assert {tuple(p.shape) for k, p in wrapped.named_parameters() if k in keys} == {(4, 6), (5, 4)}
@@ -129,10 +129,14 @@ def test_training_a_reduced_rank_client_returns_small_tensors():
 
 def test_mem_at_rank_scales_state_and_lora_weights_linearly():
     full = mem_of(PROFILE, ALL)
-    assert mem_at_rank(PROFILE, ALL, (UPLOAD,) * N, R) == full
+    assert mem_at_ranks(PROFILE, dict.fromkeys(ALL, R), (UPLOAD,) * N) == full
     # r = 2: 6/8 of N * (3 MiB state + 1 MiB weights) saved
-    assert mem_at_rank(PROFILE, ALL, (UPLOAD,) * N, 2) == full - 6 * N * 4 * MiB // 8
-    assert mem_at_rank(PROFILE, (3,), (UPLOAD,) * N, 4) == mem_of(PROFILE, (3,)) - 2 * MiB
+    assert mem_at_ranks(PROFILE, dict.fromkeys(ALL, 2), (UPLOAD,) * N) == full - 6 * N * 4 * MiB // 8
+    assert mem_at_ranks(PROFILE, {3: 4}, (UPLOAD,) * N) == mem_of(PROFILE, (3,)) - 2 * MiB
+    # mixed ranks: unit 3 at rank 4 saves 2 MiB, unit 1 at rank 2 saves 3 MiB
+    assert mem_at_ranks(PROFILE, {3: 4, 1: 2}, (UPLOAD,) * N) == mem_of(PROFILE, (1, 3)) - 5 * MiB
+    with pytest.raises(ValueError, match="rank must be in 1..8"):
+        mem_at_ranks(PROFILE, {3: 9}, (UPLOAD,) * N)
 
 
 def test_rank_grows_with_the_budget_and_never_exceeds_it():
@@ -146,18 +150,19 @@ def test_rank_grows_with_the_budget_and_never_exceeds_it():
     for name in ("hetlora", "flexlora"):
         plans = make_strategy(name, ctx).assign(1, list(range(len(budgets))))
         for client, plan in plans.items():
-            assert plan.rank == ranks[client]
+            rank = plan.ranks[0] if plan.ranks else None
+            assert rank == ranks[client] and (plan.ranks is None or set(plan.ranks) == {rank})
             assert plan.estimated_bytes <= budgets[client].memory
-            if plan.rank is None:
+            if rank is None:
                 assert plan.units == () and plan.estimated_bytes == PROFILE.fixed_mem
                 continue
             assert plan.units == ALL
-            assert plan.upload_bytes == N * UPLOAD * plan.rank // R
+            assert plan.upload_bytes == N * UPLOAD * rank // R
             assert budgets[client].upload is None or plan.upload_bytes <= budgets[client].upload
-            if plan.rank < R:  # one rank more would not fit memory or upload
+            if rank < R:  # one rank more would not fit memory or upload
                 budget = budgets[client]
-                assert (mem_at_rank(PROFILE, ALL, ctx.unit_upload, plan.rank + 1) > budget.memory
-                        or ctx.upload_at_rank(ALL, plan.rank + 1) > budget.upload)
+                assert (mem_at_ranks(PROFILE, dict.fromkeys(ALL, rank + 1), ctx.unit_upload) > budget.memory
+                        or ctx.upload_at_ranks(dict.fromkeys(ALL, rank + 1)) > budget.upload)
 
 
 # -- hetlora -----------------------------------------------------------------------------------------
@@ -192,18 +197,18 @@ def test_hetlora_self_pruning_lowers_the_rank_and_survives_a_checkpoint():
     weak_tail["layer.0.lora_A"][6:] = 1e-4
     weak_tail["layer.0.lora_B"] = global_state["layer.0.lora_B"].clone()
     weak_tail["layer.0.lora_B"][:, 6:] = 1e-4
-    assert {p.rank for p in strategy.assign(1, [0, 1]).values()} == {R}
+    assert {p.ranks for p in strategy.assign(1, [0, 1]).values()} == {(R,)}
     _, metrics = strategy.aggregate(1, global_state, [ClientUpdate(0, weak_tail, 10),
                                                       ClientUpdate(1, dict(global_state), 10)])
     assert metrics["pruned"] == [0] and metrics["pruned_ranks"] == {"0": 6}
     zero_b = {**global_state, "layer.0.lora_B": torch.zeros(5, R)}  # untrained B: nothing to judge
     assert strategy.aggregate(1, global_state, [ClientUpdate(1, zero_b, 10)])[1]["pruned"] == []
     plans = strategy.assign(2, [0, 1])
-    assert plans[0].rank == 6 and plans[1].rank == R
+    assert plans[0].ranks == (6,) and plans[1].ranks == (R,)
     assert plans[0].upload_bytes == UPLOAD * 6 // R < plans[1].upload_bytes
     resumed = make_strategy("hetlora", ctx)
     resumed.restore(*strategy.state())
-    assert resumed.assign(3, [0, 1])[0].rank == 6
+    assert resumed.assign(3, [0, 1])[0].ranks == (6,)
 
 
 # -- flexlora ----------------------------------------------------------------------------------------
@@ -260,7 +265,7 @@ def weak_memory(tmp_path_factory) -> int:
         patch.setenv("FEDPILOT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         federation = build_federation(load_config(None, base_overrides(tmp_path_factory.mktemp("fit"))))
     units = tuple(range(len(federation.unit_map.units)))
-    return mem_at_rank(federation.profile, units, federation.unit_upload(), 4)
+    return mem_at_ranks(federation.profile, dict.fromkeys(units, 4), federation.unit_upload())
 
 
 @pytest.mark.parametrize("name", ["hetlora", "flexlora"])

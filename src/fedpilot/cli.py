@@ -167,23 +167,19 @@ def profile(
 @app.command("data-stats")
 def data_stats(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Print each client's data size and label histogram for the configured partition."""
-    from fedpilot.data.partition import label_histogram, partition
-    from fedpilot.data.sources import load_text_data
-    from fedpilot.federation import subset
+    from fedpilot.data.partition import label_histogram
+    from fedpilot.federation import load_partitions
     from fedpilot.report.tables import data_stats_table
 
     cfg = resolve(config, set_)
     try:
-        text = load_text_data(cfg.data.name, cfg.data.text_column, cfg.data.label_column, cfg.data.test_path,
-                              cfg.data.test_fraction, cfg.seed)
-        train = subset(text.train, cfg.data.max_train_examples, cfg.seed)
-        parts = partition(train, cfg.partition.kind, cfg.clients.num_clients, cfg.seed, cfg.partition.alpha,
-                          cfg.partition.classes_per_client)
+        text, parts, val = load_partitions(cfg)
     except USER_ERRORS as error:
         fail(str(error))
     histograms = [label_histogram(p, len(text.label_names)) for p in parts]
     console.print(data_stats_table([len(p) for p in parts], histograms, text.label_names))
-    console.print(f"test examples: {len(text.test)}, labels: {len(text.label_names)}")
+    console.print(f"validation examples: {0 if val is None else len(val)}, test examples: {len(text.test)}, "
+                  f"labels: {len(text.label_names)}")
 
 
 @app.command()

@@ -26,8 +26,8 @@ class Plan:
     """What one client does this round: which units it trains, for how many steps, at what cost.
 
     `estimated_bytes` is the cost model's Mem(units); `budget_bytes` the client's memory budget.
-    `rank` trains the units' LoRA at that rank (real smaller tensors, see `models/rank.py`);
-    None is the model's full rank. `enforce_budget=False` (only the budget-ignoring reference
+    `ranks` gives the LoRA rank of each unit in `units` (same order) when below the model's: those
+    units train real smaller tensors (see `models/rank.py`); None is the model's full rank. `enforce_budget=False` (only the budget-ignoring reference
     method) logs the measured memory against the budget without stopping the client.
     """
 
@@ -36,7 +36,7 @@ class Plan:
     estimated_bytes: int | None = None
     budget_bytes: int | None = None
     upload_bytes: int | None = None
-    rank: int | None = None
+    ranks: tuple[int, ...] | None = None
     enforce_budget: bool = True
 
 
@@ -113,6 +113,22 @@ def to_inputs(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Te
     return inputs
 
 
+def plan_ranks(unit_map: UnitMap, plan: Plan) -> dict[str, int]:
+    """LoRA parameter name -> the rank the plan trains it at (empty at full rank)."""
+    if plan.ranks is None:
+        return {}
+    return {key: rank for j, rank in zip(plan.units, plan.ranks) for key in unit_map.units[j].lora_keys}
+
+
+def rank_metrics(plan: Plan) -> dict[str, float]:
+    """The plan's LoRA rank for the round record: `rank` when uniform, else the mean as `mean_rank`."""
+    if not plan.ranks:
+        return {}
+    if len(set(plan.ranks)) == 1:
+        return {"rank": plan.ranks[0]}
+    return {"mean_rank": sum(plan.ranks) / len(plan.ranks)}
+
+
 def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, torch.Tensor], plan: Plan,
                  data: Dataset, settings: TrainSettings, client_id: int, seed: int, transient: int = 0) -> ClientUpdate:
     """Train the plan's units (and head) with AdamW under the memory watch; return the update.
@@ -121,7 +137,7 @@ def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, to
     """
     started = time.perf_counter()
     load_adapter_state(model, global_state)
-    with reduced_rank(model, unit_map.keys_of(plan.units), plan.rank):
+    with reduced_rank(model, plan_ranks(unit_map, plan)):
         trainable = set(set_trainable(model, unit_map, plan.units))
         params = [p for name, p in model.named_parameters() if name in trainable]
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -140,7 +156,7 @@ def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, to
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
         metrics = {"loss": sum(losses) / len(losses), "steps": len(losses), "seconds": time.perf_counter() - started,
-                   "measured_bytes": watch.measured + transient, **({} if plan.rank is None else {"rank": plan.rank})}
+                   "measured_bytes": watch.measured + transient, **rank_metrics(plan)}
         return ClientUpdate(client_id, adapter_state(model, unit_map, plan.units), len(data), metrics)
 
 

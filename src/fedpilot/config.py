@@ -54,6 +54,9 @@ class DataConfig(_Section):
     test_path: str | None = Field(None, description="test file for a user dataset; else a seeded stratified split")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="test share when the data has no test split")
     max_train_examples: int | None = Field(None, gt=0, description="use a seeded subset of the training data")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training data held out as a validation "
+                                                            "split (seeded, stratified, taken before partitioning, "
+                                                            "held by no client); 0 = no validation split")
 
     @field_validator("name")
     @classmethod

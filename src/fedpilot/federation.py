@@ -16,7 +16,7 @@ from fedpilot.assign.budgets import ClientBudget, client_budgets
 from fedpilot.client import TrainSettings
 from fedpilot.config import Config
 from fedpilot.data.partition import partition
-from fedpilot.data.sources import TextData, load_text_data
+from fedpilot.data.sources import DataError, TextData, load_text_data
 from fedpilot.data.tokenize import tokenize
 from fedpilot.memory.cost import CostProfile
 from fedpilot.memory.profiler import profile
@@ -37,6 +37,7 @@ class Federation:
     unit_map: UnitMap
     client_data: list[Dataset]
     test_data: Dataset
+    val_data: Dataset | None
     label_names: list[str]
     settings: TrainSettings
     profile: CostProfile
@@ -65,22 +66,41 @@ def subset(data: Dataset, limit: int | None, seed: int) -> Dataset:
     return data.shuffle(seed=seed).select(range(limit))
 
 
-def load_partitions(config: Config) -> tuple[TextData, list[Dataset]]:
-    """The configured dataset and its per-client training partitions (untokenized)."""
+def hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """(what clients may hold, a seeded stratified validation split of `fraction`); no split at 0.
+
+    Raises DataError when the split would leave a part empty.
+    """
+    if fraction == 0:
+        return train, None
+    size = round(fraction * len(train))
+    if not 0 < size < len(train):
+        raise DataError(f"data.val_fraction={fraction} of {len(train)} training examples leaves an empty part")
+    labels = train.features["label"].num_classes
+    stratify = "label" if min(size, len(train) - size) >= labels else None
+    split = train.train_test_split(test_size=size, seed=seed, stratify_by_column=stratify)
+    return split["train"], split["test"]
+
+
+def load_partitions(config: Config) -> tuple[TextData, list[Dataset], Dataset | None]:
+    """The configured dataset, its per-client training partitions and its validation split (untokenized)."""
     text = load_text_data(config.data.name, config.data.text_column, config.data.label_column,
                           config.data.test_path, config.data.test_fraction, config.seed)
     train = subset(text.train, config.data.max_train_examples, config.seed)
+    train, val = hold_out(train, config.data.val_fraction, config.seed)
     parts = partition(train, config.partition.kind, config.clients.num_clients, config.seed,
                       config.partition.alpha, config.partition.classes_per_client)
-    return text, parts
+    return text, parts, val
 
 
 def build_federation(config: Config) -> Federation:
     """Load data and model, partition, tokenize, wrap with LoRA, discover units."""
-    text, parts = load_partitions(config)
+    text, parts, val = load_partitions(config)
     tokenizer = load_tokenizer(config.model.path)
     client_data = [tokenize(part, tokenizer, config.model.max_length) for part in parts]
     test = tokenize(subset(text.test, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
+    if val is not None:
+        val = tokenize(subset(val, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
     model = load_classifier(config.model.path, len(text.label_names), config.seed, tokenizer.pad_token_id)
     lora = config.lora
     model = add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets).to(config.train.device)
@@ -92,7 +112,7 @@ def build_federation(config: Config) -> Federation:
                    **PROFILE_MODE[train_cfg.precision])
     groups = [(g.share, g.memory, g.upload) for g in config.clients.groups]
     budgets = client_budgets(groups, config.clients.num_clients, cost)
-    return Federation(model, discover_units(model), client_data, test, text.label_names, settings, cost, budgets)
+    return Federation(model, discover_units(model), client_data, test, val, text.label_names, settings, cost, budgets)
 
 
 def sample_clients(num_clients: int, per_round: int, seed: int, round_number: int) -> list[int]:

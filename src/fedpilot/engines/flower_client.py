@@ -47,6 +47,7 @@ def plan_config(plan: Plan, round_number: int, client_id: int, seed: int) -> dic
     """A plan as ConfigRecord values (every field it sets), with its round, partition and seed."""
     values = {key: getattr(plan, name) for key, name in plan_fields().items()}
     values["units"] = list(plan.units)
+    values["ranks"] = None if plan.ranks is None else list(plan.ranks)
     return {"server-round": round_number, "partition-id": client_id, "seed": seed,
             **{key: value for key, value in values.items() if value is not None}}
 
@@ -54,7 +55,9 @@ def plan_config(plan: Plan, round_number: int, client_id: int, seed: int) -> dic
 def plan_from_config(config: ConfigRecord) -> Plan:
     """The plan encoded by `plan_config`."""
     values = {name: config[key] for key, name in plan_fields().items() if key in config}
-    return Plan(**{**values, "units": tuple(int(j) for j in values["units"])})
+    ranks = values.get("ranks")
+    return Plan(**{**values, "units": tuple(int(j) for j in values["units"]),
+                   "ranks": None if ranks is None else tuple(int(r) for r in ranks)})
 
 
 def encode_outcome(outcome: Outcome) -> RecordDict:

@@ -51,10 +51,19 @@ def injected_failure(config: Config, round_number: int, client_id: int) -> bool:
 
 
 def evaluate_global(federation: Federation, state: State, config: Config) -> dict[str, float]:
-    """Test accuracy and loss of the global adapters."""
+    """Test accuracy and loss of the global adapters, and validation ones when the run holds a validation split.
+
+    Keys: test_accuracy, test_loss (and val_accuracy, val_loss).
+    """
     load_adapter_state(federation.model, state)
-    return evaluate(federation.model, federation.test_data, config.eval.batch_size,
-                    config.train.precision, config.train.device)
+    splits = {"test": federation.test_data, "val": federation.val_data}
+    result = {}
+    for split, data in splits.items():
+        if data is not None:
+            metrics = evaluate(federation.model, data, config.eval.batch_size, config.train.precision,
+                               config.train.device)
+            result.update({f"{split}_{key}": value for key, value in metrics.items()})
+    return result
 
 
 def split_state(unit_map: UnitMap, state: State, units: tuple[int, ...]) -> tuple[State, State]:
@@ -222,8 +231,7 @@ class RoundServer:
     def finish_round(self, record: dict[str, Any], current: Round) -> None:
         """Evaluate when due, then log the round and checkpoint it."""
         if self.evaluation_due(current.number):
-            result = evaluate_global(self.federation, self.state, self.config)
-            record.update(test_accuracy=result["accuracy"], test_loss=result["loss"])
+            record.update(evaluate_global(self.federation, self.state, self.config))
         record.update(round_seconds=time.perf_counter() - current.started,
                       wall_seconds=self.offset + time.perf_counter() - self.started)
         self.recorder.log_round(record)

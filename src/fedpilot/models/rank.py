@@ -18,7 +18,8 @@ exit the full-size Parameters are put back untouched.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -71,43 +72,52 @@ def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
 
 
 @contextlib.contextmanager
-def reduced_rank(model: nn.Module, keys: Iterable[str], rank: int | None) -> Iterator[None]:
-    """Inside the block, the LoRA A/B weights among `keys` are new Parameters of rank `rank`.
+def reduced_rank(model: nn.Module, ranks: Mapping[str, int]) -> Iterator[None]:
+    """Inside the block, each LoRA A/B weight named in `ranks` is a new Parameter of its rank.
 
     Each is a copy of the leading components of the full-size weight; the full-size Parameter
     objects are put back on exit, unchanged, so the shared model is as before for the next client.
-    `rank=None` (full rank) changes nothing.
+    Keys that are not LoRA factors, or whose rank is already at most the asked one, are left alone;
+    an empty mapping changes nothing. Raises ValueError for a rank below 1.
     """
     swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
     try:
-        if rank is not None:
+        for key, rank in ranks.items():
             if rank <= 0:
-                raise ValueError(f"rank must be positive, got {rank}")
-            for key in keys:
-                module, name = _owner(model, key)
-                full = getattr(module, name)
-                if lora_factor(key) is None or tensor_rank(key, full) <= rank:
-                    continue
-                small = nn.Parameter(slice_rank(key, full.detach(), rank).clone(), requires_grad=full.requires_grad)
-                setattr(module, name, small)
-                swapped.append((module, name, full))
+                raise ValueError(f"rank must be positive, got {rank} for {key!r}")
+            module, name = _owner(model, key)
+            full = getattr(module, name)
+            if lora_factor(key) is None or tensor_rank(key, full) <= rank:
+                continue
+            small = nn.Parameter(slice_rank(key, full.detach(), rank).clone(), requires_grad=full.requires_grad)
+            setattr(module, name, small)
+            swapped.append((module, name, full))
         yield
     finally:
         for module, name, full in reversed(swapped):
             setattr(module, name, full)
 
 
-def mem_at_rank(profile: CostProfile, units: Sequence[int], weight_bytes: Sequence[int], rank: int) -> int:
-    """Mem(S) when the units of S train at rank r instead of the profiled rank R:
+def unit_saving(profile: CostProfile, unit: int, weight_bytes: Sequence[int], rank: int) -> float:
+    """Bytes unit j saves by training at rank r instead of the profiled rank R: (1 - r / R) (M_state(j) + W_j).
 
-        Mem_r(S) = Mem(S) - (1 - r / R) * sum_{j in S} (M_state(j) + W_j)
-
-    M_state(j) (LoRA grads + AdamW moments) and W_j (unit j's LoRA weights, part of M_frozen,
-    `weight_bytes[j]`) are linear in the rank. Activations are left at their rank-R values: a_j is
-    mostly the LoRA branch's input, which does not depend on the rank, so this is an upper bound.
+    Raises ValueError unless 1 <= r <= R.
     """
     full = profile.rank
     if not 0 < rank <= full:
         raise ValueError(f"rank must be in 1..{full}, got {rank}")
-    scaled = sum(profile.state[j] + weight_bytes[j] for j in set(units))
-    return mem_of(profile, units) - (full - rank) * scaled // full
+    return (full - rank) * (profile.state[unit] + weight_bytes[unit]) / full
+
+
+def mem_at_ranks(profile: CostProfile, ranks: Mapping[int, int], weight_bytes: Sequence[int]) -> int:
+    """Mem(S) when each unit j of S = ranks.keys() trains at rank r_j instead of the profiled rank R:
+
+        Mem_r(S) = Mem(S) - sum_{j in S} (1 - r_j / R) * (M_state(j) + W_j)
+
+    M_state(j) (LoRA grads + AdamW moments) and W_j (unit j's LoRA weights, part of M_frozen,
+    `weight_bytes[j]`) are linear in the rank. Activations are left at their rank-R values: a_j is
+    mostly the LoRA branch's input, which does not depend on the rank, so this is an upper bound.
+    Bytes; the saving is rounded down. Raises ValueError for a rank outside 1..R.
+    """
+    saving = sum(unit_saving(profile, j, weight_bytes, r) for j, r in ranks.items())
+    return mem_of(profile, tuple(ranks)) - math.floor(saving)

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from fedpilot.config import dump_config
 from fedpilot.engines.local import resume_local, run_local
-from fedpilot.report.paired import paired_markdown, paired_rows
+from fedpilot.report.paired import paired_csv, paired_markdown, paired_rows
 from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
 from fedpilot.report.records import read_rounds
 from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, select_runs
@@ -33,12 +33,15 @@ from fedpilot.report.tables import markdown_table
 from fedpilot.report.unit_use import unit_use_markdown, unit_use_rows
 
 COLUMNS = ("dataset", "partition", "method", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean",
+           "final_val_mean", "final_val_std",
            "rounds_to_95pct_ref", "units_per_client", "peak_mem_over_budget", "upload_bytes_per_round",
            "seconds_per_run")
 FORMATS = {"final_acc_mean": "{:.4f}", "final_acc_std": "{:.4f}", "best_acc_mean": "{:.4f}",
+           "final_val_mean": "{:.4f}", "final_val_std": "{:.4f}",
            "rounds_to_95pct_ref": "{:.3g}", "units_per_client": "{:.2f}", "peak_mem_over_budget": "{:.3f}",
            "upload_bytes_per_round": "{:,.0f}", "seconds_per_run": "{:.1f}"}
 HEADINGS = {"final_acc_mean": "final acc", "final_acc_std": "± std", "best_acc_mean": "best acc",
+            "final_val_mean": "final val acc", "final_val_std": "± std",
             "rounds_to_95pct_ref": "rounds to 95% ref", "units_per_client": "units per client",
             "peak_mem_over_budget": "peak mem / budget", "upload_bytes_per_round": "upload B / round",
             "seconds_per_run": "s / run"}
@@ -120,6 +123,7 @@ def group_stats(results: list[RunResult], reference: float | None) -> dict[str, 
     A client the strategy left out (a record without `units`) counts as training 0 units.
     """
     finals = [r.summary["final_accuracy"] for r in results if r.summary.get("final_accuracy") is not None]
+    vals = [r.summary["final_val_accuracy"] for r in results if r.summary.get("final_val_accuracy") is not None]
     clients = [c for r in results for record in r.rounds for c in record["clients"]]
     ratios = [ratio for ratio in map(memory_ratio, clients) if ratio is not None]
     uploads = [[c["upload_bytes"] for c in record["clients"] if c.get("upload_bytes") is not None]
@@ -130,6 +134,8 @@ def group_stats(results: list[RunResult], reference: float | None) -> dict[str, 
         "final_acc_std": float(np.std(finals)) if finals else None,
         "best_acc_mean": mean_or_none([r.summary["best_accuracy"] for r in results
                                        if r.summary.get("best_accuracy") is not None]),
+        "final_val_mean": mean_or_none(vals),
+        "final_val_std": float(np.std(vals)) if vals else None,
         "rounds_to_95pct_ref": rounds_to_reference(results, reference),
         "units_per_client": mean_or_none([len(c.get("units", ())) for c in clients]),
         "peak_mem_over_budget": max(ratios) if ratios else None,
@@ -214,16 +220,33 @@ def plot_results(results: list[RunResult], out_dir: Path) -> list[Path]:
     return paths
 
 
+def seed_accuracies(groups: dict[tuple[str, str, str], list[RunResult]], key: str) -> dict:
+    """{(dataset, partition, method): {seed: summary[key]}} over the runs that have `key`."""
+    return {group: {r.run.seed: r.summary[key] for r in members if r.summary.get(key) is not None}
+            for group, members in groups.items()}
+
+
+def paired_texts(groups: dict[tuple[str, str, str], list[RunResult]], anchor: str) -> dict[str, str]:
+    """paired.md (validation, where the runs have it, then test) and paired.csv (test) against `anchor`."""
+    test_rows = paired_rows(seed_accuracies(groups, "final_accuracy"), anchor)
+    val_rows = paired_rows(seed_accuracies(groups, "final_val_accuracy"), anchor)
+    sections = [paired_markdown(val_rows, anchor, "final validation accuracy")] if val_rows else []
+    sections.append(paired_markdown(test_rows, anchor, "final test accuracy"))
+    texts = {"paired.md": "\n\n".join(sections), "paired.csv": paired_csv(test_rows)}
+    if val_rows:
+        texts["paired-val.csv"] = paired_csv(val_rows)
+    return texts
+
+
 def write_tables(out_dir: Path, rows: list[dict[str, Any]], groups: dict[tuple[str, str, str], list[RunResult]],
                  paired_with: str | None) -> list[Path]:
-    """table.md, table.csv, pivot.md, units.md and, with an anchor method, paired.md; returns their paths."""
+    """table.md, table.csv, pivot.md, units.md and, with an anchor method, paired.md / .csv; returns their paths."""
     texts = {"table.md": markdown_table(COLUMNS, [formatted(row) for row in rows]), "table.csv": csv_table(rows),
              "pivot.md": pivot_markdown(rows),
              "units.md": unit_use_markdown(unit_use_rows({key: [r.rounds for r in members]
                                                           for key, members in groups.items()}))}
     if paired_with:
-        accuracies = {key: {r.run.seed: r.summary["final_accuracy"] for r in members} for key, members in groups.items()}
-        texts["paired.md"] = paired_markdown(paired_rows(accuracies, paired_with), paired_with)
+        texts.update(paired_texts(groups, paired_with))
     for name, text in texts.items():
         (out_dir / name).write_text(text)
     return [out_dir / name for name in texts]

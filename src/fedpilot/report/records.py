@@ -89,6 +89,14 @@ def ig_cost_fraction(rounds: list[dict[str, Any]]) -> float | None:
     return scoring / (scoring + sum(c["seconds"] for c in scored))
 
 
+def validation_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final and best validation accuracy (empty when the run had no validation split)."""
+    accuracies = [r["val_accuracy"] for r in rounds if r.get("val_accuracy") is not None]
+    if not accuracies:
+        return {}
+    return {"final_val_accuracy": accuracies[-1], "best_val_accuracy": max(accuracies)}
+
+
 def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
     """Final and best test accuracy, rounds, wall time, unit coverage and IG-Score cost from the records."""
     evaluated = [r for r in rounds if r.get("test_accuracy") is not None]
@@ -99,6 +107,7 @@ def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, An
         "best_accuracy": max(accuracies) if accuracies else None,
         "best_round": evaluated[accuracies.index(max(accuracies))]["round"] if accuracies else None,
         "final_loss": evaluated[-1]["test_loss"] if evaluated else None,
+        **validation_summary(rounds),
         "wall_seconds": wall_seconds,
         "unit_coverage": unit_coverage(rounds),
         "ig_cost_fraction": ig_cost_fraction(rounds),

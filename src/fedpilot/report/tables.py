@@ -10,16 +10,17 @@ from rich.table import Table
 
 
 def round_table(rounds: list[dict[str, Any]]) -> Table:
-    """Test accuracy, loss, mean client loss and time per evaluated round."""
+    """Test (and validation) accuracy, test loss, mean client loss and time per evaluated round."""
     table = Table(title="rounds")
-    for column in ("round", "test acc", "test loss", "client loss", "round s"):
+    for column in ("round", "test acc", "val acc", "test loss", "client loss", "round s"):
         table.add_column(column, justify="right")
     for record in rounds:
         if record.get("test_accuracy") is None:
             continue
         losses = [c["loss"] for c in record["clients"] if "loss" in c]
         client_loss = f"{np.mean(losses):.3f}" if losses else "-"
-        table.add_row(str(record["round"]), f"{record['test_accuracy']:.4f}", f"{record['test_loss']:.4f}",
+        val = f"{record['val_accuracy']:.4f}" if record.get("val_accuracy") is not None else "-"
+        table.add_row(str(record["round"]), f"{record['test_accuracy']:.4f}", val, f"{record['test_loss']:.4f}",
                       client_loss, f"{record['round_seconds']:.1f}")
     return table
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -14,7 +14,7 @@ from fedpilot.assign.budgets import ClientBudget
 from fedpilot.client import ClientUpdate, Plan
 from fedpilot.config import Config
 from fedpilot.memory.cost import CostProfile, mem_of
-from fedpilot.models.rank import mem_at_rank
+from fedpilot.models.rank import mem_at_ranks
 from fedpilot.models.units import UnitMap
 
 State = dict[str, torch.Tensor]
@@ -39,20 +39,23 @@ class StrategyContext:
         """Number of transformer blocks that carry LoRA units."""
         return len(self.unit_map.units)
 
-    def plan(self, client: int, units: tuple[int, ...], rank: int | None = None) -> Plan:
+    def plan(self, client: int, units: tuple[int, ...], rank: int | Sequence[int] | None = None) -> Plan:
         """A plan for `units` with its estimated memory, the client's budget and its upload.
 
-        With a `rank` (LoRA rank r <= lora.rank = R), memory is `mem_at_rank` and upload r / R of full rank.
+        `rank` is one LoRA rank r <= lora.rank = R for every unit, or one per unit of `units`; then
+        memory is `mem_at_ranks` and each unit's upload r_j / R of its full-rank upload.
         """
         if rank is None:
             return Plan(units, self.config.train.local_steps, mem_of(self.profile, units),
                         self.budgets[client].memory, sum(self.unit_upload[j] for j in units))
-        return Plan(units, self.config.train.local_steps, mem_at_rank(self.profile, units, self.unit_upload, rank),
-                    self.budgets[client].memory, self.upload_at_rank(units, rank), rank)
+        ranks = tuple(rank) if isinstance(rank, Sequence) else (rank,) * len(units)
+        by_unit = dict(zip(units, ranks))
+        return Plan(units, self.config.train.local_steps, mem_at_ranks(self.profile, by_unit, self.unit_upload),
+                    self.budgets[client].memory, self.upload_at_ranks(by_unit), ranks)
 
-    def upload_at_rank(self, units: Sequence[int], rank: int) -> int:
-        """Up(S) at LoRA rank r: r / R of the units' full-rank upload (A and B are linear in the rank)."""
-        return sum(self.unit_upload[j] for j in units) * rank // self.config.lora.rank
+    def upload_at_ranks(self, ranks: Mapping[int, int]) -> int:
+        """Up(S) with unit j at LoRA rank r_j: r_j / R of its full-rank upload (A and B are linear in the rank)."""
+        return sum(self.unit_upload[j] * r // self.config.lora.rank for j, r in ranks.items())
 
     def scoring_micro_batch(self, client: int, units: tuple[int, ...]) -> int:
         """Largest micro-batch (up to the training batch) at which scoring `units` fits the budget.

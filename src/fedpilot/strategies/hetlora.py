@@ -37,7 +37,7 @@ import torch
 from fedpilot.aggregate.fedavg import weighted_average
 from fedpilot.assign.budgets import ClientBudget
 from fedpilot.client import ClientUpdate, Plan
-from fedpilot.models.rank import lora_factor, mem_at_rank, pad_rank, partner_key, tensor_rank
+from fedpilot.models.rank import lora_factor, mem_at_ranks, pad_rank, partner_key, tensor_rank
 from fedpilot.strategies.base import State, Strategy, StrategyContext
 
 Factors = tuple[torch.Tensor, torch.Tensor]
@@ -48,8 +48,8 @@ def fit_rank(context: StrategyContext, budget: ClientBudget) -> int | None:
     """Largest rank in 1..lora.rank at which training every unit fits `budget`; None if none does."""
     units = tuple(range(context.num_units))
     for rank in range(context.config.lora.rank, 0, -1):
-        memory = mem_at_rank(context.profile, units, context.unit_upload, rank)
-        upload = context.upload_at_rank(units, rank)
+        memory = mem_at_ranks(context.profile, dict.fromkeys(units, rank), context.unit_upload)
+        upload = context.upload_at_ranks(dict.fromkeys(units, rank))
         if memory <= budget.memory and (budget.upload is None or upload <= budget.upload):
             return rank
     return None
