@@ -110,11 +110,11 @@ def solve_assignment(
     the argument, and for arrays that are not 1-D.
     """
     value = _value_array(values, 1)
-    path = _byte_array("path_mem", path_mem, (value.size,))
-    unit = _byte_array("unit_mem", unit_mem, (value.size,))
-    upload = None if unit_upload is None else _byte_array("unit_upload", unit_upload, (value.size,))[:, None]
-    got = solve_rank_assignment(value[:, None], path, unit[:, None], fixed_mem, mem_budget, upload, upload_budget,
-                                mem_grid, upload_grid)
+    path = _byte_array("path_mem", path_mem, value.shape)
+    unit = _byte_array("unit_mem", unit_mem, value.shape)
+    upload = _upload_array(unit_upload, upload_budget, value.shape)
+    got = _solve(value[:, None], path, unit[:, None], upload[:, None], fixed_mem, mem_budget, upload_budget,
+                 (mem_grid, upload_grid))
     return Assignment(got.units, got.value, got.mem_bytes, got.upload_bytes)
 
 
@@ -144,19 +144,23 @@ def solve_rank_assignment(
     value = _value_array(values, 2)
     path = _byte_array("path_mem", path_mem, value.shape[:1])
     unit = _byte_array("unit_mem", unit_mem, value.shape)
-    if upload_budget is not None and unit_upload is None:
-        raise ValueError("upload_budget is set but unit_upload is None: give the upload bytes of every unit")
-    upload = np.zeros(value.shape, np.int64)
-    if unit_upload is not None:
-        upload = _byte_array("unit_upload", unit_upload, value.shape)
+    upload = _upload_array(unit_upload, upload_budget, value.shape)
+    return _solve(value, path, unit, upload, fixed_mem, mem_budget, upload_budget, (mem_grid, upload_grid))
+
+
+def _solve(
+    value: np.ndarray, path: np.ndarray, unit: np.ndarray, upload: np.ndarray, fixed_mem: float, mem_budget: float,
+    upload_budget: float | None, grids: tuple[int, int],
+) -> RankAssignment:
+    """solve_rank_assignment on checked (n, m) value, (n,) path, (n, m) unit and upload byte arrays."""
     head, budget = _head_and_budget(fixed_mem, mem_budget)
-    grid = _grid("mem_grid", mem_grid)
+    grid = _grid("mem_grid", grids[0])
     base, cells = _cells(head + path[:, None] + unit, grid), _cells(unit, grid)
     if upload_budget is None:
         up_cells = np.zeros(value.shape, np.int64)
         candidates, choice = _memory_dp(value, base, cells, budget // grid)
     else:
-        up_grid = _grid("upload_grid", upload_grid)
+        up_grid = _grid("upload_grid", grids[1])
         up_cells = _cells(upload, up_grid)
         up_budget = math.floor(_non_negative("upload_budget", upload_budget)) // up_grid
         candidates, choice = _memory_upload_dp(value, base, cells, budget // grid, up_cells, up_budget)
@@ -176,32 +180,42 @@ def _memory_dp(value: np.ndarray, base: np.ndarray, cells: np.ndarray, budget: i
     lowest = _lowest(reach)
     best = np.full(int(min(reach.max(initial=0), cells.max(axis=1, initial=0).sum())) + 1, -np.inf)
     best[0] = 0.0
-    options: dict[int, np.ndarray] = {}
+    won: dict[int, tuple[int, list[np.ndarray]]] = {}
     candidates: list[Candidate] = []
+    fitting, spare_of, base_of = _fitting_options(fits), spare.tolist(), base.tolist()
+    cells_of, value_of = cells.tolist(), value.tolist()
     for k in range(value.shape[0] - 1, lowest - 1, -1):
-        for o in np.flatnonzero(fits[k]).tolist():
-            c = int(np.argmax(best[: spare[k, o] + 1]))
-            candidates.append((float(best[c] + value[k, o]), int(base[k, o]) + c, 0, k, o, (c, 0)))
+        for o in fitting[k]:
+            c = int(np.argmax(best[: spare_of[k][o] + 1]))
+            candidates.append((float(best[c]) + value_of[k][o], base_of[k][o] + c, 0, k, o, (c, 0)))
         if k > lowest:
-            best, options[k] = _offer_dense(best[: min(reach[k - 1], best.size - 1) + 1], cells[k], value[k])
-    return candidates, lambda j, c, d: int(options[j][c])
+            best, masks = _offer_dense(best[: min(reach[k - 1], best.size - 1) + 1], cells_of[k], value_of[k])
+            won[k] = (best.size, masks)
+    return candidates, lambda j, c, d: _dense_option(*won[j], c)
 
 
-def _offer_dense(best: np.ndarray, cells: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Offer one more unit at each option to the dense vector: the new vector and each cell's option (-1: skip).
+def _offer_dense(best: np.ndarray, cells: list[int], value: list[float]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Offer one more unit at each option to the dense vector, in place; returns it and where each option won.
 
-    Options are tried from the last down with >=, so on equal value a lower option beats a higher one
-    and any option beats skipping (the lexicographic tie rule).
+    won[o] covers the vector's cells from cells[o] up (empty when cells[o] exceeds it). Options are tried from the last down with >=, so on equal value a lower option beats a higher one
+    and any option beats skipping (the lexicographic tie rule): a cell's option is the lowest that won.
     """
-    new = best.copy()
-    option = np.full(best.size, -1, np.int32)
-    for o in range(cells.size - 1, -1, -1):
-        w = int(cells[o])
-        shifted = best[: max(best.size - w, 0)] + value[o]
-        better = np.flatnonzero(shifted >= new[w:]) + w
-        new[better] = shifted[better - w]
-        option[better] = o
-    return new, option
+    shifted = [best[: max(best.size - w, 0)] + v for w, v in zip(cells, value)]
+    won = [np.empty(0, bool)] * len(cells)
+    for o in range(len(cells) - 1, -1, -1):
+        w = best.size - shifted[o].size
+        won[o] = shifted[o] >= best[w:]
+        np.maximum(best[w:], shifted[o], out=best[w:])
+    return best, won
+
+
+def _dense_option(size: int, won: list[np.ndarray], c: int) -> int:
+    """The option at exact cell c of a dense level of `size` cells: the lowest that won there, -1 (skip) if none."""
+    for o, mask in enumerate(won):
+        i = c - (size - mask.size)
+        if i >= 0 and mask[i]:
+            return o
+    return -1
 
 
 def _memory_upload_dp(
@@ -216,8 +230,9 @@ def _memory_upload_dp(
     mem, up, val = np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1)
     levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     candidates: list[Candidate] = []
+    fitting = _fitting_options(fits)
     for k in range(value.shape[0] - 1, lowest - 1, -1):
-        for o in np.flatnonzero(fits[k]).tolist():
+        for o in fitting[k]:
             i = int(np.argmax(np.where((mem <= spare[k, o]) & (up <= up_spare[k, o]), val, -np.inf)))
             candidates.append((float(val[i] + value[k, o]), int(base[k, o] + mem[i]), int(up_cells[k, o] + up[i]),
                                k, o, (int(mem[i]), int(up[i]))))
@@ -237,6 +252,11 @@ def _memory_upload_dp(
 def _reach(spare: np.ndarray, fits: np.ndarray) -> np.ndarray:
     """reach[k]: the most spare cells any feasible (unit k' <= k, option) leaves (-1 if none), bounding states."""
     return np.maximum.accumulate(np.where(fits, spare, -1).max(axis=1, initial=-1))
+
+
+def _fitting_options(fits: np.ndarray) -> list[list[int]]:
+    """For each unit, the options at which it fits as the lowest unit."""
+    return [[o for o, ok in enumerate(row) if ok] for row in fits.tolist()]
 
 
 def _lowest(reach: np.ndarray) -> int:
@@ -332,6 +352,15 @@ def _head_and_budget(fixed_mem: float, mem_budget: float) -> tuple[int, int]:
         raise ValueError(f"mem_budget {budget} bytes is below fixed_mem: at least {head} bytes are needed "
                          "to train the head alone")
     return head, budget
+
+
+def _upload_array(unit_upload: ArrayLike | None, upload_budget: float | None, shape: tuple[int, ...]) -> np.ndarray:
+    """Checked upload bytes of `shape` (zeros when not given); error if upload_budget is set without them."""
+    if unit_upload is None:
+        if upload_budget is not None:
+            raise ValueError("upload_budget is set but unit_upload is None: give the upload bytes of every unit")
+        return np.zeros(shape, np.int64)
+    return _byte_array("unit_upload", unit_upload, shape)
 
 
 def _value_array(values: ArrayLike, ndim: int) -> np.ndarray:
