@@ -170,3 +170,17 @@ def test_engine_records_clients_a_strategy_leaves_out(tmp_path):
     assert clients[0] == {"id": 0, "skipped": "budget"}
     assert [c["id"] for c in clients[1:]] == [1, 2] and all(c["units"] == [0, 1, 2, 3, 4, 5] for c in clients[1:])
     assert summary["final_accuracy"] is not None
+
+
+def test_an_exclusive_run_that_nobody_qualifies_for_says_so_and_reports_no_accuracy(tmp_path):
+    config = load_config(None, [
+        "data.max_train_examples=300", "clients.num_clients=2", "clients.per_round=2", "eval.max_examples=50",
+        "model.max_length=32", "train.rounds=1", "train.local_steps=1", "train.batch_size=4",
+        f"output.dir={tmp_path}", "output.name=nobody", "strategy.name=exclusive",
+        'clients.groups=[{share: 1.0, memory: "100%", upload: "1KiB"}]',
+    ])
+    console = Console(record=True, width=200)
+    run_dir, summary = run_local(config, console)
+    assert "no sampled client qualified for exclusive" in console.export_text()
+    assert read_rounds(run_dir)[0]["strategy"] == {"skipped": "no qualifying clients"}
+    assert summary["final_accuracy"] is None and summary["untrained_accuracy"] is not None

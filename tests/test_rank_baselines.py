@@ -21,7 +21,8 @@ from fedpilot.models.rank import mem_at_ranks, pad_rank, reduced_rank, slice_ran
 from fedpilot.models.units import Unit, UnitMap
 from fedpilot.report.records import read_rounds
 from fedpilot.strategies import REGISTRY, StrategyContext, make_strategy
-from fedpilot.strategies.flexlora import average_product, svd_factors
+from fedpilot.aggregate.product import svd_factors
+from fedpilot.strategies.flexlora import average_product
 from fedpilot.strategies.hetlora import fit_rank
 
 torch.set_num_threads(1)

@@ -35,6 +35,22 @@ def test_summary_final_and_best():
     assert summary["rounds"] == 3 and summary["wall_seconds"] == 12.0
 
 
+def test_summary_has_validation_accuracy_when_the_rounds_do():
+    rounds = [{**r, "val_accuracy": v} for r, v in zip(ROUNDS, (0.4, 0.65, 0.62))]
+    summary = summarize(rounds, 1.0)
+    assert (summary["final_val_accuracy"], summary["best_val_accuracy"]) == (0.62, 0.65)
+    assert "final_val_accuracy" not in summarize(ROUNDS, 1.0) and summarize(ROUNDS, 1.0)["trained_client_rounds"] == 3
+
+
+def test_a_run_where_no_client_trained_reports_no_accuracy():
+    untrained = [{"round": 1, "test_accuracy": 0.05, "test_loss": 3.0, "val_accuracy": 0.06,
+                  "clients": [{"id": 0, "skipped": "budget"}]}]
+    summary = summarize(untrained, 1.0)
+    assert summary["final_accuracy"] is None and summary["best_accuracy"] is None
+    assert summary["final_val_accuracy"] is None and summary["untrained_accuracy"] == 0.05
+    assert "no client trained" in summary["note"]
+
+
 def test_read_rounds_skips_a_torn_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"round": 1}) + "\n" + '{"round": 2, "cli')
     assert read_rounds(tmp_path) == [{"round": 1}]

@@ -50,9 +50,11 @@ def test_weighted_average_rejects_mismatched_shapes() -> None:
 def test_spatial_delta_weights_covering_clients_unequally() -> None:
     global_unit = {"A": t(1.0, 2.0), "B": t(7.0)}
     clients = [{"A": t(3.0, 2.0)}, {"A": t(1.0, 6.0)}]
-    delta = spatial_delta(global_unit, clients, [1.0, 3.0])
+    delta, client_norm = spatial_delta(global_unit, clients, [1.0, 3.0])
     # offsets [2, 0] (n=1) and [0, 4] (n=3): D = (1*[2, 0] + 3*[0, 4]) / 4 = [0.5, 3.0]
     assert_close(delta["A"], t(0.5, 3.0))
+    # N = (1 * ||[2, 0]|| + 3 * ||[0, 4]||) / 4 = (2 + 12) / 4 = 3.5
+    assert client_norm == pytest.approx(3.5)
     # nobody sent B: zero delta
     assert_close(delta["B"], t(0.0))
 
@@ -125,6 +127,49 @@ def test_alpha_is_coverage_over_sampled() -> None:
     assert (metrics[0].coverage, metrics[1].coverage) == (3, 1)
     assert metrics[0].alpha == pytest.approx(0.75)
     assert metrics[1].alpha == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(("bias", "expected"), [("exact", 1.0), ("rounds", None)])
+def test_bias_correction_is_exact_after_idle_rounds(bias: str, expected: float | None) -> None:
+    # 1 of 5 eligible clients moves the unit by +1 for 10 rounds, 5 idle rounds, then one more +1
+    # (alpha = 0.2, mu = 0.9, a single unit so eta = 1): every past update was 1, so the step is 1
+    units, history = {0: {"A": t(0.0)}}, {}
+    for _ in range(10):
+        before = float(units[0]["A"])
+        units, history, _ = stagg_round(units, [({0: {"A": t(before + 1.0)}}, 1.0)], 5, history, bias=bias)
+    for _ in range(5):
+        units, history, _ = stagg_round(units, [], 5, history, bias=bias)
+    before = float(units[0]["A"])
+    units, history, _ = stagg_round(units, [({0: {"A": t(before + 1.0)}}, 1.0)], 5, history, bias=bias)
+    step = float(units[0]["A"]) - before
+    if expected is not None:
+        assert step == pytest.approx(expected, rel=1e-6)
+    else:  # the k-rounds correction ignores the idle decay: H / (1 - 0.9^11) with H decayed by 0.9^5
+        assert step < 0.9
+
+
+def test_alpha_counts_only_clients_that_could_afford_the_unit() -> None:
+    global_units = {0: {"A": t(0.0)}, 1: {"A": t(0.0)}}
+    updates = [({0: {"A": t(1.0)}, 1: {"A": t(1.0)}}, 1.0), ({1: {"A": t(1.0)}}, 1.0)]
+    # 5 sampled, but only 1 could afford unit 0 (the strong one) and all 5 unit 1
+    _, _, metrics = stagg_round(global_units, updates, {0: 1, 1: 5}, {})
+    assert metrics[0].alpha == pytest.approx(1.0) and metrics[1].alpha == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(("ratio", "boosted"), [("mean", True), ("client", False)])
+def test_dwa_rate_of_a_one_client_round_is_not_boosted_by_averaging_fewer_clients(ratio: str, boosted: bool) -> None:
+    # round 1: unit 0 averaged over 4 clients whose offsets (0.5, +-1.5) cancel in pairs (||D|| = 0.5, each
+    # ||offset|| = 1.58), unit 1 over 4 clients that agree (||D|| = each = 1). Round 2: each unit trained by one
+    # client with an offset of the same norm as before (1.58 and 1).
+    units = {0: {"A": t(0.0, 0.0)}, 1: {"A": t(0.0, 0.0)}}
+    first = [({0: {"A": t(0.5, 1.5 * sign)}, 1: {"A": t(1.0, 0.0)}}, 1.0) for sign in (1, -1, 1, -1)]
+    units, history, _ = stagg_round(units, first, 4, {}, dwa_ratio=ratio, mu=0.0)
+    second = [({0: {"A": units[0]["A"] + t(0.5, 1.5)}, 1: {"A": units[1]["A"] + t(1.0, 0.0)}}, 1.0)]
+    _, _, metrics = stagg_round(units, second, 4, history, dwa_ratio=ratio, mu=0.0)
+    if boosted:  # ||D|| went 0.5 -> 1.58 (r = 3.16) against 1 -> 1 (r = 1): unit 0 boosted, unit 1 shrunk
+        assert metrics[0].eta > 1.2 and metrics[1].eta < 0.8
+    else:  # the clients' own update norms did not change: r = 1 for both
+        assert metrics[0].eta == pytest.approx(1.0) and metrics[1].eta == pytest.approx(1.0)
 
 
 def test_untrained_unit_is_unchanged_and_its_momentum_decays() -> None:
@@ -220,15 +265,18 @@ GOOD = [({0: {"A": t(1.0)}}, 1.0)]
         (GOOD, 1, {"mu": -0.1}, "mu"),
         (GOOD, 1, {"momentum": "adam"}, "momentum"),
         (GOOD, 1, {"temperature": 0.0}, "temperature"),
-        (GOOD, 0, {}, "num_sampled"),
-        (GOOD + GOOD, 1, {}, "num_sampled"),
+        (GOOD, 1, {"bias": "none"}, "bias"),
+        (GOOD, 1, {"dwa_ratio": "max"}, "dwa_ratio"),
+        (GOOD, 0, {}, "eligible"),
+        (GOOD + GOOD, 1, {}, "eligible"),
+        (GOOD, {0: 0}, {}, "eligible"),
         ([({0: {"A": t(1.0)}}, 0.0)], 1, {}, "weights"),
         ([({7: {"A": t(1.0)}}, 1.0)], 1, {}, "units not in the global model"),
         ([({0: {"Z": t(1.0)}}, 1.0)], 1, {}, "lacks"),
         ([({0: {"A": t(1.0, 2.0)}}, 1.0)], 1, {}, "shape"),
     ],
 )
-def test_round_rejects_bad_inputs(updates: list, num_sampled: int, kwargs: dict, message: str) -> None:
+def test_round_rejects_bad_inputs(updates: list, num_sampled: int | dict, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         stagg_round(GLOBAL, updates, num_sampled, {}, **kwargs)
 

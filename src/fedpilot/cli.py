@@ -39,9 +39,13 @@ def stop_run(error: Exception) -> None:
 
 
 def resolve(config: Path | None, overrides: list[str] | None) -> Config:
-    """Load and validate the config, turning errors into a clean exit."""
+    """Load and validate the config (its strategy name included), turning errors into a clean exit."""
+    from fedpilot.strategies import check_strategy
+
     try:
-        return load_config(config, overrides or [])
+        cfg = load_config(config, overrides or [])
+        check_strategy(cfg)
+        return cfg
     except ConfigError as error:
         fail(str(error))
 

@@ -61,6 +61,20 @@ class TrainSettings:
     device: str
 
 
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How a client computes IG-Scores: `examples` in its IG set, the rank options to score
+    (ascending), the score kind, the unbiased two-half estimate or not, LoRA's scale alpha / r, and
+    the round's local steps (to keep the IG set off the training batches)."""
+
+    examples: int
+    ranks: tuple[int, ...]
+    kind: str
+    unbiased: bool
+    scale: float
+    local_steps: int
+
+
 def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
     """bf16 autocast when asked for, else a no-op context."""
     if precision == "bf16":
@@ -160,23 +174,39 @@ def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, to
         return ClientUpdate(client_id, adapter_state(model, unit_map, plan.units), len(data), metrics)
 
 
+def ig_indices(num_examples: int, training: torch.Tensor, examples: int, seed: int) -> torch.Tensor:
+    """A seeded IG set of up to `examples` of the client's examples that this round's training batches
+    (`training`, the indices they draw) do not use; when fewer than 2 are left unused (every example
+    is trained on), a seeded draw from all examples instead."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    unused = torch.ones(num_examples, dtype=torch.bool)
+    unused[training] = False
+    pool = torch.nonzero(unused).flatten()
+    if len(pool) < 2:
+        pool = torch.arange(num_examples)
+    return pool[torch.randperm(len(pool), generator=generator)[:examples]]
+
+
 def score_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, torch.Tensor], units: tuple[int, ...],
-                 data: Dataset, settings: TrainSettings, examples: int, micro_batch: int, seed: int) -> dict[int, float]:
-    """Local IG-Scores of `units` on a seeded IG set of `examples`, in micro-batches of `micro_batch`."""
+                 data: Dataset, settings: TrainSettings, scoring: ScoreSettings, micro_batch: int,
+                 seed: int) -> dict[int, tuple[float, ...]]:
+    """Local IG-Scores of `units` at each rank option (`assign/ig_score.py`), in eval mode, on a seeded IG
+    set disjoint from the round's training batches, in micro-batches of `micro_batch` examples."""
     if not units:
         return {}
     load_adapter_state(model, global_state)
-    generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(data), generator=generator)[:examples]
-    batches = [to_inputs(data[idx], settings.device) for idx in chosen.split(micro_batch)]
-    model.train()
-    torch.manual_seed(seed)
+    training = torch.cat(batch_indices(len(data), scoring.local_steps, settings.batch_size,
+                                       torch.Generator().manual_seed(seed)))
+    chosen = ig_indices(len(data), training, scoring.examples, seed)
+    halves = chosen.tensor_split(2) if scoring.unbiased and len(chosen) >= 2 else (chosen,)
+    sets = [[to_inputs(data[idx], settings.device) for idx in half.split(micro_batch)] for half in halves]
+    model.eval()
 
     def loss_fn(net: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with autocast(settings.precision, settings.device):
             return net(**batch).loss
 
-    return local_scores(model, unit_map, units, batches, loss_fn)
+    return local_scores(model, unit_map, units, sets, loss_fn, scoring.ranks, scoring.kind, scoring.scale)
 
 
 @torch.inference_mode()

@@ -17,15 +17,6 @@ class ConfigError(ValueError):
     """A configuration the user must fix; the CLI prints it and exits with code 2."""
 
 
-def known_strategy(value: str) -> str:
-    """Validator: a registered strategy name (the message lists the valid ones)."""
-    from fedpilot.strategies import REGISTRY
-
-    if value not in REGISTRY:
-        raise ValueError(f"unknown strategy {value!r}; valid: {sorted(REGISTRY)}")
-    return value
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -131,12 +122,35 @@ class TrainConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: str = Field("fedavg-full", description="method; see `fedpilot strategies`")
+    name: str = Field("fedavg-full", description="method; see `fedpilot strategies` (checked where runs are built)")
     value: Literal["combined", "local", "global", "uniform", "random"] = Field(
         "combined", description="fedpilot unit value: IG-Score variant, or uniform/random for ablations")
+    score: Literal["product", "factors"] = Field(
+        "product", description="fedpilot local IG-Score: gradient w.r.t. the low-rank product B A (tangent "
+                               "space), or ||grad A||^2 + ||grad B||^2 (the design's form)")
+    score_estimate: Literal["unbiased", "plain"] = Field(
+        "unbiased", description="fedpilot IG-Score estimate: inner product of two half-set gradients, or the "
+                                "squared norm of one mean gradient (inflated by gradient noise)")
+    global_norm: Literal["report", "none"] = Field(
+        "report", description="fedpilot global IG-Score: normalise each client's report to sum 1, or raw scores")
     bonus: bool = Field(True, description="fedpilot: exploration bonus for rarely trained units")
     aggregation: Literal["stagg", "spatial"] = Field("stagg", description="fedpilot: STAgg, or spatial-only")
     dwa: bool = Field(True, description="fedpilot: dynamic weight average of unit update rates")
+    dwa_ratio: Literal["client", "mean"] = Field(
+        "client", description="fedpilot DWA rate from the clients' own update norms, or from the averaged "
+                              "update's norm (the design's form; grows when fewer clients were averaged)")
+    coverage: Literal["affordable", "sampled"] = Field(
+        "affordable", description="fedpilot STAgg coverage: share of the sampled clients that could afford the "
+                                  "unit, or of all sampled clients (the design's form)")
+    bias: Literal["exact", "rounds"] = Field(
+        "exact", description="fedpilot STAgg history: exact bias correction (idle rounds included), or "
+                             "1 - mu^k over the k trained rounds")
+    merge: Literal["product", "factors"] = Field(
+        "product", description="fedpilot: merge units as products B A re-factored by truncated SVD, or A and B "
+                               "separately")
+    ranks: list[int] | None = Field(
+        None, description="fedpilot rank options of the knapsack (each unit skipped or trained at one); "
+                          "None = {r/4, r/2, r} of lora.rank; [r] = every unit at full rank")
     lam: float = Field(0.5, ge=0, le=1, description="weight of the local IG-Score against the global one")
     beta: float = Field(0.1, ge=0, description="weight of the exploration bonus")
     rho: float = Field(0.5, ge=0, lt=1, description="EMA factor of the global IG-Score")
@@ -145,8 +159,6 @@ class StrategyConfig(_Section):
         "ema", description="STAgg history: bias-corrected average of past updates, or the plain sum mu*H + D")
     temperature: float = Field(2.0, gt=0, description="DWA softmax temperature")
     ig_examples: int = Field(16, gt=0, description="examples of a client's IG set for local scores")
-
-    _known_strategy = field_validator("name")(known_strategy)
 
 
 class EvalConfig(_Section):
@@ -171,6 +183,19 @@ class Config(_Section):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     seed: int = Field(0, ge=0, description="seed for partitions, sampling, initialisation and training")
+
+    @model_validator(mode="after")
+    def _ranks_fit_lora(self) -> Config:
+        ranks = self.strategy.ranks
+        if ranks is not None and (not ranks or any(not 0 < r <= self.lora.rank for r in ranks)):
+            raise ValueError(f"strategy.ranks {ranks} must be non-empty ranks in 1..lora.rank ({self.lora.rank})")
+        return self
+
+    def rank_options(self) -> tuple[int, ...]:
+        """The knapsack's rank options, ascending and distinct: strategy.ranks or {r/4, r/2, r}."""
+        rank = self.lora.rank
+        chosen = self.strategy.ranks or [max(1, rank // 4), max(1, rank // 2), rank]
+        return tuple(sorted(set(chosen)))
 
     def run_name(self) -> str:
         """Directory name of this run under output.dir."""

@@ -5,26 +5,37 @@ In round t the clients Q_t are sampled; C_j are the clients that returned unit j
 (coverage c_j = |C_j|) and client i has data-size weight n_i. Per tensor of unit j:
 
     spatial   D_j     = sum_{i in C_j} n_i (W_ij - W_j) / sum_{i in C_j} n_i
-    temporal  H_j    <- mu * H_j + (1 - mu) * D_j             (H_j starts at 0; k_j += 1)
-              Hhat_j  = H_j / (1 - mu^k_j)                    (k_j = rounds unit j was trained)
-    coverage  alpha_j = c_j / |Q_t|
-    DWA       r_j     = ||D_j^t|| / ||D_j^{t-1}||             (1 if no previous norm or it is 0)
+    temporal  H_j    <- mu * H_j + (1 - mu) * D_j             (H_j starts at 0)
+              m_j    <- mu * m_j + (1 - mu)                   (m_j starts at 0: the weight H_j carries)
+              Hhat_j  = H_j / m_j
+    coverage  alpha_j = c_j / e_j                             (e_j: sampled clients that could afford j)
+    DWA       r_j     = N_j^t / N_j^{t-1}                     (1 if no previous norm or it is 0)
+              N_j     = sum_{i in C_j} n_i ||W_ij - W_j|| / sum_{i in C_j} n_i
               eta_j   = K exp(r_j / T) / sum_{k trained} exp(r_k / T),   K = number of trained units
     update    W_j    <- W_j + eta_j * (alpha_j * D_j + (1 - alpha_j) * Hhat_j)
 
-The temporal term is a bias-corrected average of the unit's past updates (momentum="ema"), so it
-has the scale of one update. momentum="sum" is the literal H_j <- mu * H_j + D_j, Hhat_j = H_j,
-kept as an ablation: with updates that keep one direction it grows towards D_j / (1 - mu) (10x at
-mu = 0.9), so the units that few clients trained, which lean on it most, took the largest steps.
+A unit nobody trained keeps W_j, decays H_j <- mu * H_j and m_j <- mu * m_j (so Hhat_j, the
+weighted mean of the unit's past updates with weight mu^age, is unchanged by idle rounds), keeps
+its last norm and ages by one (a_j = rounds since last trained).
+
+The temporal term is an exactly bias-corrected average of the unit's past updates
+(momentum="ema", bias="exact"), so it has the scale of one update whatever the pattern of idle
+rounds. Switches keep the earlier and the design's literal forms for ablations:
+- bias="rounds": Hhat_j = H_j / (1 - mu^k_j) with k_j the rounds unit j was trained, which ignores
+  the decay in idle rounds (after 5 idle rounds a fresh D = 1 at alpha = 0.2 moves the unit ~0.85);
+- momentum="sum": the literal H_j <- mu * H_j + D_j, Hhat_j = H_j, which grows towards
+  D_j / (1 - mu) (10x at mu = 0.9) for updates that keep one direction;
+- coverage over |Q_t| (pass one int for every unit): units only strong clients can reach always
+  lean on their history;
+- dwa_ratio="mean": N_j = ||D_j||, the norm of the averaged update, which grows when fewer clients
+  were averaged (the mean of c noisy updates has norm ~ 1/sqrt(c)), so a noisy one-client round is
+  boosted and, as the rates have mean 1, every other unit shrunk. N_j above, the clients' own mean
+  update norm, does not depend on how many were averaged.
 
 ||.|| is the Frobenius norm over all tensors of the unit, and the mean of eta over
 the trained units is 1 (Liu et al., CVPR 2019). Only C_j enters D_j: averaging over
 every client would shrink a rarely trained unit's update towards zero, and a low
 coverage leans the update on the unit's history H_j instead.
-
-A unit nobody trained keeps W_j, decays H_j <- mu * H_j (mu^a_j after a_j idle
-rounds; k_j is unchanged, so Hhat_j decays too), keeps its last norm and ages by one
-(a_j = rounds since last trained).
 dwa=False sets eta_j = 1. temporal=False is the spatial-only ablation
 W_j <- W_j + D_j, leaving momentum untouched (metrics report alpha = eta = 1).
 The classifier head is plain FedAvg over every client that returned it:
@@ -45,6 +56,8 @@ from fedpilot.aggregate.fedavg import validate_weights, weighted_average
 Unit = dict[str, Tensor]
 ClientUpdate = tuple[Mapping[int, Mapping[str, Tensor]], float]
 MOMENTUM_KINDS = ("ema", "sum")
+BIAS_KINDS = ("exact", "rounds")
+DWA_RATIOS = ("client", "mean")
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class UnitHistory:
     age: int = 0
     last_norm: float | None = None
     updates: int = 0
+    mass: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class Mix:
     eta: float
     mu: float
     momentum: str | None
+    bias: str = "exact"
 
 
 @dataclass(frozen=True)
@@ -79,17 +94,20 @@ class UnitMetrics:
     eta: float
     delta_norm: float
     age: int
+    dwa_norm: float = 0.0
 
 
 def spatial_delta(
     global_unit: Mapping[str, Tensor], client_units: Sequence[Mapping[str, Tensor]], weights: Sequence[float]
-) -> Unit:
-    """Weighted mean offset of the covering clients from the global unit; tensors no client sent get zero."""
+) -> tuple[Unit, float]:
+    """Weighted mean offset of the covering clients from the global unit (tensors no client sent get
+    zero), and the weighted mean of the clients' own offset norms (N_j of the module docstring)."""
     if not client_units:
         raise ValueError("spatial_delta needs at least one client unit")
     offsets = [_offset(unit, global_unit) for unit in client_units]
     mean = weighted_average(offsets, weights)
-    return {key: mean[key] if key in mean else torch.zeros_like(value) for key, value in global_unit.items()}
+    client_norm = sum(w * unit_norm(o) for o, w in zip(offsets, weights)) / sum(weights)
+    return {key: mean[key] if key in mean else torch.zeros_like(value) for key, value in global_unit.items()}, client_norm
 
 
 def unit_norm(unit: Mapping[str, Tensor]) -> float:
@@ -114,20 +132,29 @@ def dwa_weights(
 def stagg_round(
     global_units: Mapping[int, Mapping[str, Tensor]],
     client_updates: Sequence[ClientUpdate],
-    num_sampled: int,
+    eligible: int | Mapping[int, int],
     history: Mapping[int, UnitHistory],
     mu: float = 0.9,
     temperature: float = 2.0,
     dwa: bool = True,
     temporal: bool = True,
     momentum: str = "ema",
+    bias: str = "exact",
+    dwa_ratio: str = "client",
 ) -> tuple[dict[int, Unit], dict[int, UnitHistory], dict[int, UnitMetrics]]:
-    """One STAgg round: new global units, new history and per-unit metrics; the inputs are left untouched."""
-    _check_round(global_units, client_updates, num_sampled, mu, temperature, momentum)
+    """One STAgg round: new global units, new history and per-unit metrics; the inputs are left untouched.
+
+    `eligible` is e_j, the sampled clients that could afford unit j (one int: the same for every
+    unit, e.g. |Q_t|). Raises ValueError for bad hyper-parameters, a unit trained by more clients
+    than are eligible for it, or updates that do not match the global units.
+    """
+    _check_round(global_units, client_updates, mu, temperature, (momentum, bias, dwa_ratio))
     covering = _group_by_unit(client_updates)
+    counts = _eligible_counts(eligible, covering)
     past = {j: history[j] if j in history else _fresh_history(unit) for j, unit in global_units.items()}
-    deltas = {j: spatial_delta(global_units[j], units, weights) for j, (units, weights) in covering.items()}
-    norms = {j: unit_norm(delta) for j, delta in deltas.items()}
+    spatial = {j: spatial_delta(global_units[j], units, weights) for j, (units, weights) in covering.items()}
+    deltas = {j: delta for j, (delta, _) in spatial.items()}
+    norms = {j: unit_norm(delta) if dwa_ratio == "mean" else client_norm for j, (delta, client_norm) in spatial.items()}
     etas = dwa_weights(norms, {j: past[j].last_norm for j in deltas}, temperature) if dwa and temporal else {}
     new_units: dict[int, Unit] = {}
     new_history: dict[int, UnitHistory] = {}
@@ -138,11 +165,12 @@ def stagg_round(
             metrics[j] = UnitMetrics(coverage=0, alpha=0.0, eta=0.0, delta_norm=0.0, age=new_history[j].age)
             continue
         coverage = len(covering[j][0])
-        alpha = coverage / num_sampled if temporal else 1.0
+        alpha = coverage / counts[j] if temporal else 1.0
         eta = etas.get(j, 1.0)
-        mix = Mix(alpha, eta, mu, momentum if temporal else None)
+        mix = Mix(alpha, eta, mu, momentum if temporal else None, bias)
         new_units[j], new_history[j] = _trained_step(unit, deltas[j], past[j], norms[j], mix)
-        metrics[j] = UnitMetrics(coverage=coverage, alpha=alpha, eta=eta, delta_norm=norms[j], age=0)
+        metrics[j] = UnitMetrics(coverage=coverage, alpha=alpha, eta=eta, delta_norm=unit_norm(deltas[j]), age=0,
+                                 dwa_norm=norms[j])
     return new_units, new_history, metrics
 
 
@@ -152,22 +180,33 @@ def _trained_step(
     """Move a trained unit by D_j (spatial-only) or by the DWA-scaled mix of D_j and its refreshed momentum."""
     if mix.momentum is None:
         return _add(unit, delta), replace(past, age=0, last_norm=norm)
-    mu, updates = mix.mu, past.updates + 1
+    mu, updates, mass = mix.mu, past.updates + 1, mix.mu * past.mass + (1 - mix.mu)
     if mix.momentum == "ema":
         momentum = {key: mu * past.momentum[key] + (1 - mu) * value for key, value in delta.items()}
-        carried = {key: value / (1 - mu**updates) for key, value in momentum.items()}
+        weight = mass if mix.bias == "exact" else 1 - mu**updates
+        carried = {key: value / weight for key, value in momentum.items()}
     else:
         momentum = {key: mu * past.momentum[key] + value for key, value in delta.items()}
         carried = momentum
     step = {key: mix.eta * (mix.alpha * delta[key] + (1 - mix.alpha) * carried[key]) for key in delta}
-    return _add(unit, step), UnitHistory(momentum, age=0, last_norm=norm, updates=updates)
+    return _add(unit, step), UnitHistory(momentum, age=0, last_norm=norm, updates=updates, mass=mass)
 
 
 def _idle_step(unit: Mapping[str, Tensor], past: UnitHistory, decay: float) -> tuple[Unit, UnitHistory]:
-    """Keep an untrained unit's weights, decay its momentum and age it by one round."""
+    """Keep an untrained unit's weights, decay its momentum and its weight mass, and age it by one round."""
     momentum = {key: decay * value for key, value in past.momentum.items()}
     kept = {key: value.clone() for key, value in unit.items()}
-    return kept, replace(past, momentum=momentum, age=past.age + 1)
+    return kept, replace(past, momentum=momentum, age=past.age + 1, mass=decay * past.mass)
+
+
+def _eligible_counts(eligible: int | Mapping[int, int],
+                     covering: Mapping[int, tuple[list[Mapping[str, Tensor]], list[float]]]) -> dict[int, int]:
+    """e_j for every trained unit, checked to be at least its coverage."""
+    counts = {j: eligible if isinstance(eligible, int) else eligible.get(j, 0) for j in covering}
+    short = {j: (counts[j], len(units)) for j, (units, _) in covering.items() if counts[j] < len(units)}
+    if short:
+        raise ValueError(f"units trained by more clients than were eligible (eligible, trained): {short}")
+    return counts
 
 
 def _add(unit: Mapping[str, Tensor], step: Mapping[str, Tensor]) -> Unit:
@@ -217,19 +256,17 @@ def _check_temperature(temperature: float) -> None:
 def _check_round(
     global_units: Mapping[int, Mapping[str, Tensor]],
     client_updates: Sequence[ClientUpdate],
-    num_sampled: int,
     mu: float,
     temperature: float,
-    momentum: str,
+    kinds: tuple[str, str, str],
 ) -> None:
     """Reject hyper-parameters and client updates that would make the round's math meaningless."""
     if not 0 <= mu < 1:
         raise ValueError(f"mu must be in [0, 1), got {mu}")
-    if momentum not in MOMENTUM_KINDS:
-        raise ValueError(f"momentum must be one of {MOMENTUM_KINDS}, got {momentum!r}")
+    for name, kind, valid in zip(("momentum", "bias", "dwa_ratio"), kinds, (MOMENTUM_KINDS, BIAS_KINDS, DWA_RATIOS)):
+        if kind not in valid:
+            raise ValueError(f"{name} must be one of {valid}, got {kind!r}")
     _check_temperature(temperature)
-    if num_sampled < max(1, len(client_updates)):
-        raise ValueError(f"num_sampled={num_sampled} must be >= 1 and >= the {len(client_updates)} client updates")
     validate_weights([weight for _, weight in client_updates], len(client_updates))
     unknown = sorted({j for units, _ in client_updates for j in units} - set(global_units))
     if unknown:

@@ -29,7 +29,8 @@ from flwr.serverapp.strategy import Strategy as FlowerStrategy
 from rich.console import Console
 
 from fedpilot.config import Config, dump_config, load_config
-from fedpilot.engines.flower_client import CONFIG_KEY, client_app, decode_outcome, plan_config, to_arrays
+from fedpilot.engines.flower_client import (CONFIG_KEY, client_app, decode_outcome, decode_scores, plan_config,
+                                            to_arrays)
 from fedpilot.engines.local import Outcome, Round, RoundServer
 from fedpilot.federation import build_federation
 from fedpilot.report.records import RunRecorder, fresh_run_dir
@@ -127,10 +128,8 @@ class FlowerRounds(FlowerStrategy):
                 server.console.print(f"[yellow]round {current.number}: client {client_id} did not score: "
                                      f"{message.error.reason}[/]")
                 continue
-            scores = message.content["scores"]
-            pairs = zip(scores["units"], scores["scores"], strict=True)
-            current.scores[client_id] = {int(j): float(s) for j, s in pairs}
-            current.score_seconds[client_id] = float(scores["seconds"])
+            current.scores[client_id] = decode_scores(message.content["scores"])
+            current.score_seconds[client_id] = float(message.content["scores"]["seconds"])
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -110,6 +110,20 @@ def received(msg: Message, context: Context) -> tuple[Config, Federation, int]:
     return config, federation, client_id
 
 
+def encode_scores(scores: dict[int, tuple[float, ...]], seconds: float) -> MetricRecord:
+    """IG-Scores (per unit, one per rank option) as flat lists a MetricRecord can hold, with the seconds taken."""
+    options = len(next(iter(scores.values()), ()))
+    return MetricRecord({"units": [int(j) for j in scores], "scores": [float(v) for row in scores.values() for v in row],
+                         "options": options, "seconds": seconds})
+
+
+def decode_scores(record: MetricRecord) -> dict[int, tuple[float, ...]]:
+    """The scores `encode_scores` packed: unit -> its score at each rank option."""
+    options, flat = int(record["options"]), list(record["scores"])
+    rows = [tuple(float(v) for v in flat[i * options:(i + 1) * options]) for i in range(len(record["units"]))]
+    return dict(zip((int(j) for j in record["units"]), rows, strict=True))
+
+
 def global_state(msg: Message) -> State:
     """The global tensors in a message: those to train and those to keep frozen."""
     frozen = from_arrays(msg.content["frozen"]) if "frozen" in msg.content else {}
@@ -136,8 +150,7 @@ def query_score(msg: Message, context: Context) -> Message:
     units = tuple(int(j) for j in cfg["units"])
     scores, seconds = score_units(config, federation, global_state(msg), client_id, units, int(cfg["micro-batch"]),
                                   int(cfg["seed"]))
-    return reply(msg, scores=MetricRecord({"units": [int(j) for j in scores], "scores": list(scores.values()),
-                                           "seconds": seconds}))
+    return reply(msg, scores=encode_scores(scores, seconds))
 
 
 @client_app.train()

@@ -18,7 +18,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedpilot.client import BudgetExceeded, ClientUpdate, Plan, evaluate, score_client, tensor_bytes, train_client
+from fedpilot.client import (BudgetExceeded, ClientUpdate, Plan, ScoreSettings, evaluate, score_client, tensor_bytes,
+                             train_client)
 from fedpilot.config import Config
 from fedpilot.federation import Federation, build_federation, sample_clients
 from fedpilot.models.units import UnitMap, load_adapter_state
@@ -81,7 +82,7 @@ def state_bytes(state: State) -> int:
     return tensor_bytes(state.values())
 
 
-def client_record(update: ClientUpdate, plan: Plan, scores: dict[int, float] | None) -> dict[str, Any]:
+def client_record(update: ClientUpdate, plan: Plan, scores: dict[int, tuple[float, ...]] | None) -> dict[str, Any]:
     """The per-client part of a round record: plan, budget, estimate, scores and training metrics."""
     return {"id": update.client_id, "examples": update.num_examples, "units": list(plan.units),
             "budget_bytes": plan.budget_bytes, "estimated_bytes": plan.estimated_bytes,
@@ -102,12 +103,21 @@ def attempt_client(config: Config, federation: Federation, state: State, round_n
         return {"failed": f"{type(error).__name__}: {error}"}
 
 
+def score_settings(config: Config) -> ScoreSettings:
+    """How clients score units, from the run config."""
+    options = config.strategy
+    return ScoreSettings(options.ig_examples, config.rank_options(), options.score,
+                         options.score_estimate == "unbiased", config.lora.alpha / config.lora.rank,
+                         config.train.local_steps)
+
+
 def score_units(config: Config, federation: Federation, state: State, client_id: int, units: tuple[int, ...],
-                micro_batch: int, seed: int) -> tuple[dict[int, float], float]:
-    """A client's side of an IG-Score request: local scores of `units`, and the seconds they took."""
+                micro_batch: int, seed: int) -> tuple[dict[int, tuple[float, ...]], float]:
+    """A client's side of an IG-Score request: local scores of `units` (one per rank option), and the seconds
+    they took."""
     started = time.perf_counter()
     scores = score_client(federation.model, federation.unit_map, state, units, federation.client_data[client_id],
-                          federation.settings, config.strategy.ig_examples, micro_batch, seed)
+                          federation.settings, score_settings(config), micro_batch, seed)
     return scores, time.perf_counter() - started
 
 
@@ -119,7 +129,7 @@ class Round:
     clients: list[int]
     requests: dict[int, tuple[int, ...]]
     started: float = field(default_factory=time.perf_counter)
-    scores: dict[int, dict[int, float]] = field(default_factory=dict)
+    scores: dict[int, dict[int, tuple[float, ...]]] = field(default_factory=dict)
     score_seconds: dict[int, float] = field(default_factory=dict)
     plans: dict[int, Plan] = field(default_factory=dict)
 
@@ -196,9 +206,13 @@ class RoundServer:
             record, update = self.describe(current, client_id, outcomes.get(client_id))
             records.append(record)
             updates += [update] if update is not None else []
-        if not updates and current.plans:
+        if not current.plans:
+            self.console.print(f"[yellow]round {current.number}: no sampled client qualified for "
+                               f"{self.config.strategy.name}; global model unchanged[/]")
+            strategy_metrics: dict[str, Any] = {"skipped": "no qualifying clients"}
+        elif not updates:
             self.console.print(f"[yellow]round {current.number}: no client survived; global model unchanged[/]")
-            strategy_metrics: dict[str, Any] = {"skipped": "no surviving clients"}
+            strategy_metrics = {"skipped": "no surviving clients"}
         else:
             self.state, strategy_metrics = self.strategy.aggregate(current.number, self.state, updates)
         return {"round": current.number, "clients": records, "strategy": strategy_metrics}

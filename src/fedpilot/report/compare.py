@@ -86,7 +86,8 @@ def run_study(runs: list[PlannedRun], console: Console) -> int:
                 console.print(f"removing interrupted run {run.run_dir} (no complete round)", highlight=False)
                 shutil.rmtree(run.run_dir)
             _, summary = run_local(run.config, console)
-        console.print(f"final accuracy {summary['final_accuracy']:.4f}")
+        final = summary["final_accuracy"]
+        console.print(f"final accuracy {final:.4f}" if final is not None else f"final accuracy n/a: {summary['note']}")
         ran += 1
     console.print(f"all {len(runs)} runs done: {ran} ran now, {len(runs) - ran} had finished earlier")
     return ran
@@ -180,9 +181,12 @@ def pivot_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def _accuracy_cell(row: dict[str, Any] | None) -> str:
-    """`mean ± std (seeds)` of a row's final accuracy in percent; empty when the row or its accuracy is missing."""
-    if row is None or row["final_acc_mean"] is None:
+    """`mean ± std (seeds)` of a row's final accuracy in percent; empty without the row, n/a when its runs
+    have no accuracy (no client ever trained)."""
+    if row is None:
         return ""
+    if row["final_acc_mean"] is None:
+        return f"n/a ({row['seeds']})"
     return f"{100 * row['final_acc_mean']:.1f} ± {100 * row['final_acc_std']:.1f} ({row['seeds']})"
 
 

@@ -97,18 +97,34 @@ def validation_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {"final_val_accuracy": accuracies[-1], "best_val_accuracy": max(accuracies)}
 
 
+def trained_client_rounds(rounds: list[dict[str, Any]]) -> int:
+    """How many (client, round) pairs returned a trained update."""
+    return sum("loss" in c for r in rounds for c in r["clients"])
+
+
 def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
-    """Final and best test accuracy, rounds, wall time, unit coverage and IG-Score cost from the records."""
+    """Final and best test (and validation) accuracy, rounds, wall time, unit coverage and IG-Score cost.
+
+    A run in which no client ever trained (no client qualified for its method) has no accuracy of
+    its own: `final_accuracy` and the other accuracies are None, the untrained model's is kept as
+    `untrained_accuracy`, and `note` says why.
+    """
     evaluated = [r for r in rounds if r.get("test_accuracy") is not None]
     accuracies = [r["test_accuracy"] for r in evaluated]
-    return {
+    summary = {
         "rounds": len(rounds),
         "final_accuracy": accuracies[-1] if accuracies else None,
         "best_accuracy": max(accuracies) if accuracies else None,
         "best_round": evaluated[accuracies.index(max(accuracies))]["round"] if accuracies else None,
         "final_loss": evaluated[-1]["test_loss"] if evaluated else None,
         **validation_summary(rounds),
+        "trained_client_rounds": trained_client_rounds(rounds),
         "wall_seconds": wall_seconds,
         "unit_coverage": unit_coverage(rounds),
         "ig_cost_fraction": ig_cost_fraction(rounds),
     }
+    if rounds and summary["trained_client_rounds"] == 0:
+        summary.update(untrained_accuracy=summary["final_accuracy"], final_accuracy=None, best_accuracy=None,
+                       best_round=None, final_val_accuracy=None, best_val_accuracy=None,
+                       note="no client trained in any round (none qualified for this method): no accuracy to report")
+    return summary

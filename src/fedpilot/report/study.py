@@ -17,8 +17,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedpilot.config import (Config, ConfigError, apply_override, build_config, describe_errors, known_strategy,
+from fedpilot.config import (Config, ConfigError, apply_override, build_config, describe_errors,
                              parse_override)
+from fedpilot.strategies import known_strategy
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 REFERENCE = "fedavg-full"

@@ -31,6 +31,10 @@ def summary_table(summary: dict[str, Any], run_dir: str) -> Table:
     table.add_column("final acc", justify="right")
     table.add_column("best acc (round)", justify="right")
     table.add_column("wall time", justify="right")
+    if summary["final_accuracy"] is None:
+        table.add_row("n/a", "n/a", f"{summary['wall_seconds']:.0f} s")
+        table.caption = summary.get("note")
+        return table
     table.add_row(f"{summary['final_accuracy']:.4f}", f"{summary['best_accuracy']:.4f} ({summary['best_round']})",
                   f"{summary['wall_seconds']:.0f} s")
     return table

@@ -68,14 +68,19 @@ class StrategyContext:
                 return size
         return 1
 
-    def fits(self, units: Sequence[int], budget: ClientBudget) -> bool:
-        """Whether training `units` stays within a budget's memory (Mem(S)) and upload (Up(S))."""
-        upload = sum(self.unit_upload[j] for j in units)
-        return mem_of(self.profile, units) <= budget.memory and (budget.upload is None or upload <= budget.upload)
+    def fits(self, units: Sequence[int], budget: ClientBudget, rank: int | None = None) -> bool:
+        """Whether training `units` (at LoRA rank `rank`; None = full) stays within a budget's memory
+        (Mem(S)) and upload (Up(S))."""
+        if rank is None:
+            memory, upload = mem_of(self.profile, units), sum(self.unit_upload[j] for j in units)
+        else:
+            by_unit = dict.fromkeys(units, rank)
+            memory, upload = mem_at_ranks(self.profile, by_unit, self.unit_upload), self.upload_at_ranks(by_unit)
+        return memory <= budget.memory and (budget.upload is None or upload <= budget.upload)
 
-    def affordable(self, client: int) -> list[int]:
-        """Units the client could train alone within both of its budgets."""
-        return [j for j in range(self.num_units) if self.fits([j], self.budgets[client])]
+    def affordable(self, client: int, rank: int | None = None) -> list[int]:
+        """Units the client could train alone within both of its budgets (at LoRA rank `rank`; None = full)."""
+        return [j for j in range(self.num_units) if self.fits([j], self.budgets[client], rank)]
 
 
 class Strategy(ABC):

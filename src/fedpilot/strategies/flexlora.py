@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from fedpilot.aggregate.product import svd_factors
 from fedpilot.client import ClientUpdate, Plan
 from fedpilot.strategies.base import State, Strategy
 from fedpilot.strategies.hetlora import Factors, fit_rank, merge_modules
@@ -39,21 +40,6 @@ def average_product(factors: Sequence[Factors], sizes: Sequence[float]) -> torch
     total = float(sum(sizes))
     accumulate = torch.promote_types(factors[0][0].dtype, torch.float32)
     return sum((n / total) * (b.to(accumulate) @ a.to(accumulate)) for (a, b), n in zip(factors, sizes))
-
-
-def svd_factors(product: torch.Tensor, rank: int) -> Factors:
-    """(A, B) of rank `rank` with B A the best rank-`rank` approximation of `product` (out x in).
-
-    B = U[:, :r] S^(1/2), A = S^(1/2) V^T[:r]; zero components where `product` has fewer than r.
-    """
-    u, s, vh = torch.linalg.svd(product, full_matrices=False)
-    kept = min(rank, s.numel())
-    root = s[:kept].sqrt()
-    a = product.new_zeros(rank, product.shape[1])
-    b = product.new_zeros(product.shape[0], rank)
-    a[:kept] = root[:, None] * vh[:kept]
-    b[:, :kept] = u[:, :kept] * root
-    return a, b
 
 
 def svd_merge(global_factors: Factors, factors: Sequence[Factors], sizes: Sequence[float]) -> Factors:
