@@ -169,6 +169,11 @@ def test_compare_resumes_finished_runs_and_reruns_interrupted_ones_in_place(tmp_
     assert [(r["method"], r["final_acc_mean"]) for r in rows] == [("fedavg-full", "0.5"), ("fedpilot", "0.6")]
 
 
+def test_jobs_below_one_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--jobs must be at least 1"):
+        compare.run_study([], QUIET, jobs=0)
+
+
 def test_report_only_tabulates_finished_runs_and_runs_nothing(tmp_path, monkeypatch):
     path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]})
     runs, _ = expand_study(load_study(path))
@@ -202,12 +207,14 @@ def test_compare_command_reports_a_bad_study_with_exit_code_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_real_comparison_end_to_end(tmp_path):
+def test_tiny_real_comparison_end_to_end_two_runs_at_once(tmp_path):
     overrides = ["train.rounds=1", "train.local_steps=2", "data.max_train_examples=300", "eval.max_examples=100",
                  "model.max_length=48"]
     path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]}, base=str(REPO / "configs/hetero.yaml"),
                        overrides=overrides)
-    compare.run_compare(path, [], QUIET)
+    console = Console(record=True, width=200)
+    compare.run_compare(path, [], console, jobs=2)
+    assert "2 runs, 2 at a time" in console.export_text()
     rows = list(csv.DictReader((tmp_path / "results/t/table.csv").open()))
     assert [r["method"] for r in rows] == ["fedavg-full", "fedpilot"]
     assert all(0 <= float(r["final_acc_mean"]) <= 1 and r["seeds"] == "1" for r in rows)

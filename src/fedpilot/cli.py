@@ -118,13 +118,15 @@ def compare(
     study: Annotated[Path, typer.Option("--study", help="study YAML (see configs/studies/)")],
     only: Annotated[Optional[list[str]], typer.Option("--only", help="run only this method label (repeatable)")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="run nothing: tabulate the finished runs")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="runs at once, each in its own process with "
+                                                            "cores / jobs torch threads")] = 1,
 ) -> None:
     """Run a study's grid of runs (skipping finished ones), then write its tables and plots."""
     from fedpilot.engines.local import OverBudgetError
     from fedpilot.report.compare import run_compare
 
     try:
-        run_compare(study, only or [], console, run=not report_only)
+        run_compare(study, only or [], console, run=not report_only, jobs=jobs)
     except USER_ERRORS as error:
         fail(str(error))
     except OverBudgetError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 from datasets import Dataset, disable_progress_bars, load_from_disk
@@ -36,7 +37,12 @@ def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: i
         )
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         encoded.save_to_disk(str(tmp))
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process (a parallel study job) cached the same data first
+            if not folder.is_dir():
+                raise
+            shutil.rmtree(tmp)
         encoded = load_from_disk(str(folder))
     keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in encoded.column_names]
     return encoded.with_format("torch", columns=keep)

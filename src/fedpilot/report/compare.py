@@ -13,7 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
+import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedpilot.config import dump_config
@@ -70,27 +74,67 @@ def finished_note(run: PlannedRun) -> str:
     return "finished earlier; skipped [yellow](its config.yaml differs from the study's: delete it to rerun)[/]"
 
 
-def run_study(runs: list[PlannedRun], console: Console) -> int:
-    """Run, in order, every planned run not finished yet; returns how many ran now."""
-    ran = 0
-    for index, run in enumerate(runs, 1):
-        console.rule(f"run {index}/{len(runs)}: {run.name}")
+def execute(run: PlannedRun, console: Console) -> dict[str, Any]:
+    """Run one planned run in its directory, resuming it from its checkpoint if it was interrupted."""
+    if (run.run_dir / "checkpoint" / "server.json").is_file():
+        console.print(f"resuming interrupted run {run.run_dir}", highlight=False)
+        return resume_local(run.run_dir, run.config, console)
+    if run.run_dir.exists():
+        console.print(f"removing interrupted run {run.run_dir} (no complete round)", highlight=False)
+        shutil.rmtree(run.run_dir)
+    return run_local(run.config, console)[1]
+
+
+def final_note(summary: dict[str, Any]) -> str:
+    """The line printed when a run finishes."""
+    final = summary["final_accuracy"]
+    return f"final accuracy {final:.4f}" if final is not None else f"final accuracy n/a: {summary['note']}"
+
+
+def execute_in_worker(run: PlannedRun, threads: int) -> dict[str, Any]:
+    """`execute` in a worker process with `threads` torch threads and no terminal output."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return execute(run, Console(quiet=True))
+
+
+def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1) -> int:
+    """Run every planned run not finished yet, `jobs` at a time in separate processes (each with an equal
+    share of the CPU cores as torch threads) or in order in this one; returns how many ran now.
+
+    Raises ValueError for jobs < 1; a run's error (e.g. over budget) is raised here.
+    """
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    pending = []
+    for run in runs:
         if is_finished(run.run_dir):
-            console.print(finished_note(run))
-            continue
-        if (run.run_dir / "checkpoint" / "server.json").is_file():
-            console.print(f"resuming interrupted run {run.run_dir}", highlight=False)
-            summary = resume_local(run.run_dir, run.config, console)
+            console.print(f"{run.name}: {finished_note(run)}", highlight=False)
         else:
-            if run.run_dir.exists():
-                console.print(f"removing interrupted run {run.run_dir} (no complete round)", highlight=False)
-                shutil.rmtree(run.run_dir)
-            _, summary = run_local(run.config, console)
-        final = summary["final_accuracy"]
-        console.print(f"final accuracy {final:.4f}" if final is not None else f"final accuracy n/a: {summary['note']}")
-        ran += 1
-    console.print(f"all {len(runs)} runs done: {ran} ran now, {len(runs) - ran} had finished earlier")
-    return ran
+            pending.append(run)
+    if jobs == 1:
+        for index, run in enumerate(pending, 1):
+            console.rule(f"run {index}/{len(pending)}: {run.name}")
+            console.print(final_note(execute(run, console)))
+    else:
+        run_parallel(pending, console, jobs)
+    console.print(f"all {len(runs)} runs done: {len(pending)} ran now, {len(runs) - len(pending)} had finished earlier")
+    return len(pending)
+
+
+def run_parallel(pending: list[PlannedRun], console: Console, jobs: int) -> None:
+    """Run `pending` in `jobs` worker processes, reporting each as it finishes under a progress bar."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    console.print(f"{len(pending)} runs, {jobs} at a time, {threads} torch thread(s) each")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool, Progress(*columns, console=console) as progress:
+        task = progress.add_task("runs", total=len(pending))
+        futures = {pool.submit(execute_in_worker, run, threads): run for run in pending}
+        for future in as_completed(futures):
+            progress.console.print(f"{futures[future].name}: {final_note(future.result())}", highlight=False)
+            progress.advance(task)
 
 
 def read_results(runs: list[PlannedRun]) -> list[RunResult]:
@@ -268,14 +312,15 @@ def write_results(study: Study, runs: list[PlannedRun], console: Console) -> lis
     return paths
 
 
-def run_compare(study_path: str | Path, only: list[str], console: Console, run: bool = True) -> list[Path]:
-    """`fedpilot compare`: expand the study, run what is missing (of the `only` methods) unless `run` is
-    False, and write the results of every finished run."""
+def run_compare(study_path: str | Path, only: list[str], console: Console, run: bool = True,
+                jobs: int = 1) -> list[Path]:
+    """`fedpilot compare`: expand the study, run what is missing (of the `only` methods, `jobs` at a
+    time) unless `run` is False, and write the results of every finished run."""
     study = load_study(study_path)
     runs, skipped = expand_study(study)
     for name, reason in skipped:
         console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
     selected = select_runs(runs, study, only)
     if run:
-        run_study(selected, console)
+        run_study(selected, console, jobs)
     return write_results(study, runs, console)
