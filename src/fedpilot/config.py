@@ -89,6 +89,22 @@ class ClientGroup(_Section):
     upload: str = Field("unlimited", description="upload per round: 'unlimited', bytes ('2MiB'), "
                                                   "or link speed x round deadline ('8Mbit/s*30s')")
 
+    @field_validator("memory")
+    @classmethod
+    def _memory_parses(cls, value: str) -> str:
+        from fedpilot.memory.cost import check_budget
+
+        check_budget(value)
+        return value
+
+    @field_validator("upload")
+    @classmethod
+    def _upload_parses(cls, value: str) -> str:
+        from fedpilot.assign.budgets import parse_upload
+
+        parse_upload(value)
+        return value
+
 
 class ClientsConfig(_Section):
     num_clients: int = Field(10, gt=0, description="clients holding a partition")
@@ -99,6 +115,9 @@ class ClientsConfig(_Section):
                                                               "(injected, seeded; for reliability tests)")
     on_over_budget: Literal["fail", "drop"] = Field(
         "fail", description="a client whose measured memory exceeds its budget: fail the run, or drop its update")
+    unaffordable: Literal["error", "exclude"] = Field(
+        "error", description="a group whose memory cannot hold the frozen model and the head: stop the run, "
+                             "or exclude its clients (never sampled; listed in the output and records)")
 
     @model_validator(mode="after")
     def _sample_fits(self) -> ClientsConfig:
@@ -195,11 +214,19 @@ def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def field_name(loc: tuple[str | int, ...]) -> str:
+    """A pydantic error location as the user writes it: ('clients', 'groups', 0, 'memory') -> clients.groups[0].memory."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "config"
+
+
 def describe_errors(error: ValidationError) -> str:
     """One line per invalid field: `section.field: reason`."""
     lines = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "config"
+        field = field_name(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"

@@ -151,7 +151,8 @@ class RoundServer:
     def open_round(self, round_number: int) -> Round:
         """Sample the round's clients (from seed and round only) and take the strategy's IG-Score requests."""
         cfg = self.config
-        clients = sample_clients(cfg.clients.num_clients, cfg.clients.per_round, cfg.seed, round_number)
+        clients = sample_clients(cfg.clients.num_clients, cfg.clients.per_round, cfg.seed, round_number,
+                                 self.federation.excluded)
         return Round(round_number, clients, self.strategy.score_request(round_number, clients))
 
     def seed(self, current: Round, client_id: int) -> int:
@@ -192,7 +193,8 @@ class RoundServer:
             strategy_metrics: dict[str, Any] = {"skipped": "no surviving clients"}
         else:
             self.state, strategy_metrics = self.strategy.aggregate(current.number, self.state, updates)
-        return {"round": current.number, "clients": records, "strategy": strategy_metrics}
+        excluded = {"excluded": self.federation.excluded} if self.federation.excluded else {}
+        return {"round": current.number, "clients": records, "strategy": strategy_metrics, **excluded}
 
     def describe(self, current: Round, client_id: int,
                  outcome: Outcome | None) -> tuple[dict[str, Any], ClientUpdate | None]:

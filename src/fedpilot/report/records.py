@@ -90,7 +90,8 @@ def ig_cost_fraction(rounds: list[dict[str, Any]]) -> float | None:
 
 
 def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
-    """Final and best test accuracy, rounds, wall time, unit coverage and IG-Score cost from the records."""
+    """Final and best test accuracy, rounds, wall time, unit coverage, IG-Score cost and the clients excluded
+    for their budget (`clients.unaffordable: exclude`), from the records."""
     evaluated = [r for r in rounds if r.get("test_accuracy") is not None]
     accuracies = [r["test_accuracy"] for r in evaluated]
     return {
@@ -102,4 +103,5 @@ def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, An
         "wall_seconds": wall_seconds,
         "unit_coverage": unit_coverage(rounds),
         "ig_cost_fraction": ig_cost_fraction(rounds),
+        "excluded_clients": sorted({c for r in rounds for c in r.get("excluded", [])}),
     }
