@@ -40,7 +40,7 @@ def python(code_or_args: list[str], cwd: str | None = None) -> tuple[float, subp
 def test_help_answers_in_about_a_second():
     python(["-m", "fedpilot.cli", "--help"])  # warm the file cache
     seconds, result = python(["-m", "fedpilot.cli", "--help"])
-    assert result.returncode == 0 and "config" in result.stdout
+    assert result.returncode == 0 and "plan" in result.stdout
     assert seconds < 2.5, f"fedpilot --help took {seconds:.1f} s (goal: under 1 s; slack for a loaded machine)"
 
 
@@ -48,7 +48,7 @@ def test_every_help_page_imports_no_heavy_library():
     _, result = python(["-c", HELP_PROBE.format(heavy=set(HEAVY))])
     assert result.returncode == 0, result.stderr
     count, imported = result.stdout.strip().split(" ", 1)
-    assert int(count) >= 7 and imported == "[]"
+    assert int(count) >= 8 and imported == "[]"
 
 
 def test_config_prints_every_field_with_type_default_and_description():

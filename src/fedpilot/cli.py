@@ -185,6 +185,28 @@ def profile(
         fail(str(error))
 
 
+@app.command()
+def plan(
+    fleet: Annotated[Path, typer.Option(help="fleet YAML: client kinds with counts, memory and upload "
+                                             "(see configs/fleets/example.yaml)")],
+    model: Annotated[str, typer.Option(help="'minilm', a model folder or a config.json (profiled on meta)")] = "minilm",
+    batch: Annotated[int, typer.Option(help="examples per step")] = 8,
+    seq: Annotated[int, typer.Option(help="tokens per example")] = 512,
+    dtype: Annotated[str, typer.Option(help="fp32 or bf16 (weights and activations)")] = "bf16",
+    rank: Annotated[int, typer.Option(help="LoRA rank")] = 8,
+    scores: Annotated[Optional[Path], typer.Option(help="run directory whose last global IG-Scores value the "
+                                                        "units (default: uniform values)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for plan.json and plan.png")] = Path("results/plan"),
+) -> None:
+    """Before training: per client kind, who can train which units and at what memory and traffic."""
+    from fedpilot.fleet.show import run_plan_command
+
+    try:
+        run_plan_command(model, batch, seq, dtype, rank, fleet, scores, out, console)
+    except user_errors() as error:
+        fail(str(error))
+
+
 @app.command("data-stats")
 def data_stats(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Print each client's data size and label histogram for the configured partition."""

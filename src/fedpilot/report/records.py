@@ -68,6 +68,15 @@ def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
     return rounds
 
 
+def last_global_scores(run_dir: str | Path) -> list[float] | None:
+    """The last round's `strategy.global_scores` of a run, by unit index; None when no round logged them."""
+    for record in reversed(read_rounds(run_dir)):
+        scores = record.get("strategy", {}).get("global_scores")
+        if scores:
+            return [float(scores[str(j)]) for j in range(len(scores))]
+    return None
+
+
 def unit_coverage(rounds: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Per unit: in how many rounds it was trained by 0, 1, 2, ... clients (survivors only)."""
     num_units = 1 + max((u for r in rounds for c in r["clients"] for u in c.get("units", [])), default=-1)
