@@ -66,3 +66,27 @@ def test_summary_lists_the_excluded_clients():
     rounds = [{"round": 1, "clients": [], "excluded": [0, 1]}, {"round": 2, "clients": [], "excluded": [0, 1]}]
     assert summarize(rounds, 1.0)["excluded_clients"] == [0, 1]
     assert summarize([{"round": 1, "clients": []}], 1.0)["excluded_clients"] == []
+
+
+def test_budget_table_shows_reach_and_warns_for_a_head_only_group():
+    from rich.console import Console
+
+    from fedpilot.report.budget_table import budget_table
+
+    config = load_config(None, ["clients.num_clients=6", "clients.per_round=2", "clients.unaffordable=exclude",
+                                "clients.groups=[{share: 0.3334, memory: 1MiB}, {share: 0.3333, memory: 320MiB}, "
+                                "{share: 0.3333, memory: '100%', upload: 1KiB}]"])
+    groups = [(g.share, g.memory, g.upload) for g in config.clients.groups]
+    budgets = client_budgets(groups, 6, PROFILE, "exclude")
+    table, warnings = budget_table(config, PROFILE, budgets, [48 * 1024] * N)
+    console = Console(width=250, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "excluded" in text and "blocks 2-3" in text and "head only" in text and "0-1 (2)" in text
+    top = mem_of(PROFILE, [N - 1]) / MiB
+    assert warnings == [f"clients.groups[2] can upload no unit (upload 1.0 KiB, one unit 48.0 KiB): "
+                        f"it will train the head only"]
+    _, warnings = budget_table(config.model_copy(), PROFILE, client_budgets(
+        [(0.5, "120MiB", "unlimited"), (0.5, "100%", "unlimited")], 6, PROFILE), [48 * 1024] * N)
+    assert warnings[0].startswith("clients.groups[0] can afford no unit at batch 16 and 64 tokens")
+    assert f"{top:.1f} MiB reaches the top unit (block {N - 1})" in warnings[0]

@@ -22,6 +22,7 @@ from fedpilot.client import BudgetExceeded, ClientUpdate, Plan, evaluate, score_
 from fedpilot.config import Config
 from fedpilot.federation import Federation, build_federation, sample_clients
 from fedpilot.models.units import UnitMap, load_adapter_state
+from fedpilot.report.budget_table import budget_table
 from fedpilot.report.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from fedpilot.report.records import RunRecorder, fresh_run_dir, read_rounds, summarize
 from fedpilot.strategies import StrategyContext, make_strategy
@@ -278,6 +279,18 @@ class LocalRun(RoundServer):
         return self.finish()
 
 
+def show_budgets(config: Config, federation: Federation, console: Console) -> None:
+    """Print each client group's budgets and reach, a warning per group that trains the head only,
+    and the excluded clients."""
+    table, warnings = budget_table(config, federation.profile, federation.budgets, federation.unit_upload())
+    console.print(table)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if federation.excluded:
+        console.print(f"[yellow]excluded clients[/] (clients.unaffordable=exclude): {federation.excluded}",
+                      highlight=False)
+
+
 def run_local(config: Config, console: Console | None = None) -> tuple[Path, dict[str, Any]]:
     """Build the federation, then make the run directory and run every round in this process.
 
@@ -285,6 +298,7 @@ def run_local(config: Config, console: Console | None = None) -> tuple[Path, dic
     """
     console = console or Console()
     federation = build_federation(config)
+    show_budgets(config, federation, console)
     run_dir = fresh_run_dir(config.output.dir, config.run_name())
     recorder = RunRecorder(run_dir, config)
     return run_dir, LocalRun(config, federation, recorder, console).run()
@@ -294,6 +308,7 @@ def resume_local(run_dir: Path, config: Config, console: Console | None = None) 
     """Continue an interrupted run in `run_dir` from its last checkpoint (the config must match)."""
     console = console or Console()
     federation = build_federation(config)
+    show_budgets(config, federation, console)
     run = LocalRun(config, federation, RunRecorder(run_dir, config), console)
     run.resume()
     return run.run()
