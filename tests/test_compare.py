@@ -78,7 +78,7 @@ def test_grid_expands_in_order_and_skips_pathological_k_above_the_label_count(tm
 
 @pytest.mark.parametrize("grid, extra, message", [
     ({"methods": ["fedpilot"], "seed": [0]}, {}, "grid.seed: unknown key"),
-    ({"methods": ["fedpilott"]}, {}, "grid.methods.0.name: .*unknown strategy 'fedpilott'"),
+    ({"methods": ["fedpilott"]}, {}, r"grid.methods\[0\].name: .*unknown strategy 'fedpilott'"),
     ({"methods": ["fedpilot", {"name": "fedpilot", "set": ["strategy.bonus=false"]}]}, {}, "labels \\['fedpilot'\\] repeat"),
     ({"methods": ["fedpilot"], "partitions": [{"kind": "iid", "alpha": 0.1}]}, {}, "alpha applies to kind dirichlet"),
     ({"methods": ["fedpilot"]}, {"overrides": ["train.rouds=2"]}, "train.rouds: unknown key"),

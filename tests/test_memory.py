@@ -12,8 +12,9 @@ from rich.console import Console
 from transformers import BertConfig, LlamaConfig, PretrainedConfig, ViTConfig
 
 from fedpilot.memory.build import build_model, is_image_model, load_model_config, make_batch
-from fedpilot.memory.cost import GPUS, BudgetError, CostProfile, GiB, MiB, cache_dir, load_profile, mem_of
-from fedpilot.memory.cost import parse_budget, usable_gpu_bytes
+from fedpilot.memory.cost import BudgetError, CostProfile, GiB, MiB, cache_dir, load_profile, mem_of
+from fedpilot.memory.cost import parse_budget
+from fedpilot.memory.gpus import GPUS, usable_gpu_bytes
 from fedpilot.memory.plot import profile_table, run_profile_command, write_profile_report
 from fedpilot.memory.profiler import AllocationMeter, ProfileError, SavedBytesMeter, measure_plans, measure_step
 from fedpilot.memory.profiler import profile
@@ -220,7 +221,7 @@ def test_gpu_budgets_keep_a_reserve_and_percent_is_of_all_units(cost):
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("v100-32g", "unknown GPU name 'v100-32g'; known: t4-16g"), ("-1GiB", "negative"), ("-5%", "negative"),
+    ("v100-64g", "unknown GPU name 'v100-64g'; did you mean v100-16g, v100-32g"), ("-1GiB", "negative"), ("-5%", "negative"),
     ("1.2.3GB", "cannot parse"), ("6 GiBs", "cannot parse"), ("", "cannot parse"), ("12%%", "percentage"),
     ("50MiB", "below the minimum of 100.0 MiB"), ("10%", "below the minimum"),
 ])

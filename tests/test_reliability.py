@@ -145,7 +145,7 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--set", "lora.rank=0"], "lora.rank: Input should be greater than 0"),
         (["--set", "clients.groups=[{memory: '12 parsecs'}]"], "cannot parse budget '12 parsecs'"),
         (["--set", "clients.groups=[{memory: '1MiB'}]"], "is below the minimum of"),
-        (["--set", "clients.groups=[{memory: 'gtx-9000'}]"], "unknown GPU name 'gtx-9000'; known: t4-16g"),
+        (["--set", "clients.groups=[{memory: 'gtx-9000'}]"], "unknown GPU name 'gtx-9000'; did you mean gtx1060-6g?"),
         (["--set", "clients.groups=[{share: 0.5}]"], "group shares must sum to 1"),
         (["--set", "clients.groups=[{upload: 'fast'}]"], "cannot parse upload budget 'fast'"),
     ]

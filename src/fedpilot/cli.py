@@ -1,6 +1,8 @@
-"""`fedpilot` command line: run, compare, plot, profile, data-stats, strategies.
+"""`fedpilot` command line: run, compare, plot, profile, plan, data-stats, config, strategies.
 
 Each command parses its options and calls one function; bad input exits with code 2, no traceback.
+Heavy libraries (torch, transformers, datasets, flwr) are imported inside the commands that use
+them, so `--help` answers at once.
 """
 
 from __future__ import annotations
@@ -14,16 +16,23 @@ import typer
 from rich.console import Console
 
 from fedpilot.config import Config, ConfigError, config_differences, load_config
-from fedpilot.data.sources import DataError
 from fedpilot.memory.cost import BudgetError
-from fedpilot.models.loading import ModelError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated LoRA fine-tuning under memory budgets.")
 console = Console()
-USER_ERRORS = (ConfigError, DataError, ModelError, BudgetError)
 
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML preset (see configs/)")]
-SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override, e.g. train.lr=1e-3")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file, or a shipped preset "
+                                                                             "name: default, hetero")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override, e.g. train.lr=1e-3, "
+                                                                         "lora.targets=query,value")]
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that are the user's to fix (exit code 2); imported when an error is being matched."""
+    from fedpilot.data.sources import DataError
+    from fedpilot.models.loading import ModelError
+
+    return ConfigError, DataError, ModelError, BudgetError
 
 
 def fail(message: str) -> None:
@@ -81,6 +90,19 @@ def run_flower_engine(cfg: Config) -> tuple[Path, dict]:
     return run_flower(cfg, console)
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 round`, `2 rounds`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def run_header(cfg: Config, engine: str) -> str:
+    """The first line of a run: strategy (named once), data, clients and rounds, engine."""
+    clients = cfg.clients
+    return (f"[bold]run[/] {cfg.strategy.name} on {cfg.data.name} ({cfg.partition.kind}): "
+            f"{plural(clients.num_clients, 'client')}, {clients.per_round} per round, "
+            f"{plural(cfg.train.rounds, 'round')}, {engine} engine")
+
+
 @app.command()
 def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None,
         engine: EngineOption = "local") -> None:
@@ -95,9 +117,7 @@ def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOptio
     if resume is not None and engine != "local":
         fail("--resume continues runs of the local engine only")
     cfg = resume_config(resume, config, set_) if resume is not None else resolve(config, set_)
-    console.print(f"[bold]fedpilot[/] {cfg.strategy.name} on {cfg.data.name} ({cfg.partition.kind}), "
-                  f"{cfg.clients.num_clients} clients, {cfg.clients.per_round}/round, {cfg.train.rounds} rounds, "
-                  f"{engine} engine")
+    console.print(run_header(cfg, engine), highlight=False)
     try:
         if resume is not None:
             run_dir, summary = resume, resume_local(resume, cfg, console)
@@ -105,12 +125,13 @@ def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOptio
             run_dir, summary = run_flower_engine(cfg)
         else:
             run_dir, summary = run_local(cfg, console)
-    except (*USER_ERRORS, CheckpointError) as error:
+    except (*user_errors(), CheckpointError) as error:
         fail(str(error))
     except OverBudgetError as error:
         stop_run(error)
     console.print(round_table(read_rounds(run_dir)))
-    console.print(summary_table(summary, str(run_dir)))
+    console.print(summary_table(summary))
+    console.print(f"run directory: {run_dir}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -127,7 +148,7 @@ def compare(
 
     try:
         run_compare(study, only or [], console, run=not report_only, jobs=jobs)
-    except USER_ERRORS as error:
+    except user_errors() as error:
         fail(str(error))
     except OverBudgetError as error:
         stop_run(error)
@@ -166,7 +187,29 @@ def profile(
     try:
         run_profile_command(model, batch, seq, image_size, dtype, device, rank,
                             [t.strip() for t in targets.split(",") if t.strip()], out, console)
-    except USER_ERRORS as error:
+    except user_errors() as error:
+        fail(str(error))
+
+
+@app.command()
+def plan(
+    fleet: Annotated[Path, typer.Option(help="fleet YAML: client kinds with counts, memory and upload "
+                                             "(see configs/fleets/example.yaml)")],
+    model: Annotated[str, typer.Option(help="'minilm', a model folder or a config.json (profiled on meta)")] = "minilm",
+    batch: Annotated[int, typer.Option(help="examples per step")] = 8,
+    seq: Annotated[int, typer.Option(help="tokens per example")] = 512,
+    dtype: Annotated[str, typer.Option(help="fp32 or bf16 (weights and activations)")] = "bf16",
+    rank: Annotated[int, typer.Option(help="LoRA rank")] = 8,
+    scores: Annotated[Optional[Path], typer.Option(help="run directory whose last global IG-Scores value the "
+                                                        "units (default: uniform values)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for plan.json and plan.png")] = Path("results/plan"),
+) -> None:
+    """Before training: per client kind, who can train which units and at what memory and traffic."""
+    from fedpilot.fleet.show import run_plan_command
+
+    try:
+        run_plan_command(model, batch, seq, dtype, rank, fleet, scores, out, console)
+    except user_errors() as error:
         fail(str(error))
 
 
@@ -180,12 +223,29 @@ def data_stats(config: ConfigOption = None, set_: SetOption = None) -> None:
     cfg = resolve(config, set_)
     try:
         text, parts, val = load_partitions(cfg)
-    except USER_ERRORS as error:
+    except user_errors() as error:
         fail(str(error))
     histograms = [label_histogram(p, len(text.label_names)) for p in parts]
     console.print(data_stats_table([len(p) for p in parts], histograms, text.label_names))
     console.print(f"validation examples: {0 if val is None else len(val)}, test examples: {len(text.test)}, "
                   f"labels: {len(text.label_names)}")
+
+
+@app.command("config")
+def config_fields(
+    resolved: Annotated[bool, typer.Option("--resolved", help="print the resolved config as YAML "
+                                                              "(implied by --config or --set)")] = False,
+    config: ConfigOption = None, set_: SetOption = None,
+) -> None:
+    """Print every config field with its type, default and description, or the resolved config as YAML."""
+    from fedpilot.config import dump_config
+    from fedpilot.config_fields import field_docs
+    from fedpilot.report.tables import fields_table
+
+    if resolved or config is not None or set_:
+        console.print(dump_config(resolve(config, set_)), end="", soft_wrap=True, highlight=False, markup=False)
+    else:
+        console.print(fields_table(field_docs(Config)))
 
 
 @app.command()

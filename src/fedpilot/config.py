@@ -1,16 +1,21 @@
 """One typed configuration for a run: loaded from YAML, overridden from the command line.
 
-Field descriptions are the reference documentation (`fedpilot config --help-fields` prints them).
-Unknown keys and bad values raise `ConfigError`, whose message names the field.
+Field descriptions are the reference documentation (`fedpilot config` prints them, with types and
+defaults). Unknown keys and bad values raise `ConfigError`, whose message names the field.
+Presets ship inside the package (`fedpilot/presets/*.yaml`) and resolve by name (`hetero`).
 """
 
 from __future__ import annotations
 
+import copy
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedpilot.config_fields import annotation_at, closest_fields, is_string_list
 
 
 class ConfigError(ValueError):
@@ -83,16 +88,36 @@ class ClientGroup(_Section):
     upload: str = Field("unlimited", description="upload per round: 'unlimited', bytes ('2MiB'), "
                                                   "or link speed x round deadline ('8Mbit/s*30s')")
 
+    @field_validator("memory")
+    @classmethod
+    def _memory_parses(cls, value: str) -> str:
+        from fedpilot.memory.cost import check_budget
+
+        check_budget(value)
+        return value
+
+    @field_validator("upload")
+    @classmethod
+    def _upload_parses(cls, value: str) -> str:
+        from fedpilot.assign.budgets import parse_upload
+
+        parse_upload(value)
+        return value
+
 
 class ClientsConfig(_Section):
     num_clients: int = Field(10, gt=0, description="clients holding a partition")
     per_round: int = Field(5, gt=0, description="clients sampled each round")
     groups: list[ClientGroup] = Field([ClientGroup()], min_length=1,
-                                      description="budget groups, assigned to client ids in order")
+                                      description="budget groups, assigned to client ids in order; change one "
+                                                  "with --set clients.groups.0.memory=6GiB")
     failure_rate: float = Field(0.0, ge=0, lt=1, description="probability that a client fails in a round "
                                                               "(injected, seeded; for reliability tests)")
     on_over_budget: Literal["fail", "drop"] = Field(
         "fail", description="a client whose measured memory exceeds its budget: fail the run, or drop its update")
+    unaffordable: Literal["error", "exclude"] = Field(
+        "error", description="a group whose memory cannot hold the frozen model and the head: stop the run, "
+                             "or exclude its clients (never sampled; listed in the output and records)")
 
     @model_validator(mode="after")
     def _sample_fits(self) -> ClientsConfig:
@@ -206,31 +231,85 @@ class Config(_Section):
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `a.b.c=value` into its key path and a YAML-parsed value."""
+    """Split `a.b.c=value` into its key path and a YAML-parsed value.
+
+    A `list[str]` field also takes the comma form: `lora.targets=query,value`.
+    """
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like section.field=value")
-    return key.strip().split("."), yaml.safe_load(raw)
+    path = key.strip().split(".")
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and is_string_list(annotation_at(Config, path)):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    return path, value
 
 
 def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    """Set one nested key in a raw config dict, creating sections as needed."""
-    node = tree
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
-    node[path[-1]] = value
+    """Set one nested key in a raw config dict, creating sections as needed.
+
+    A number indexes a list of sections (`clients.groups.0.memory`); a list the tree does not set yet
+    starts from its default. Raises `ConfigError` for an index out of range or a key under a value.
+    """
+    node: Any = tree
+    for depth in range(len(path) - 1):
+        node = _child(node, path, depth)
+    if isinstance(node, list):
+        node[_index(node, path, len(path) - 1)] = value
+    else:
+        node[path[-1]] = value
+
+
+def _child(node: Any, path: list[str], depth: int) -> Any:
+    """The section or list at `path[depth]` under `node`, created (or copied from the defaults) when missing."""
+    part, where = path[depth], ".".join(path)
+    if isinstance(node, list):
+        child = node[_index(node, path, depth)]
+    elif isinstance(node, dict):
+        if part not in node:
+            node[part] = _default_at(path[: depth + 1]) if path[depth + 1].isdigit() else {}
+        child = node[part]
+    else:
+        raise ConfigError(f"override {where}: {path[depth - 1]!r} is not a section")
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"override {where}: {part!r} is not a section")
+    return child
+
+
+def _index(items: list, path: list[str], depth: int) -> int:
+    """The list index `path[depth]`, checked against the list's length."""
+    part, name = path[depth], ".".join(path[:depth])
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(f"override {'.'.join(path)}: {name} has {len(items)} item(s), indexed 0..{len(items) - 1}; "
+                          f"to add or remove items set the whole list, e.g. {name}=[{{...}}, {{...}}]")
+    return int(part)
+
+
+def _default_at(path: list[str]) -> Any:
+    """A copy of the default value at `path` (as JSON-ready data)."""
+    node: Any = Config().model_dump(mode="json")
+    for part in path:
+        node = node[part]
+    return copy.deepcopy(node)
+
+
+def field_name(loc: tuple[str | int, ...]) -> str:
+    """A pydantic error location as the user writes it: ('clients', 'groups', 0, 'memory') -> clients.groups[0].memory."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "config"
 
 
 def describe_errors(error: ValidationError) -> str:
     """One line per invalid field: `section.field: reason`."""
     lines = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "config"
+        field = field_name(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            close = closest_fields(Config, [str(p) for p in item["loc"]])
+            message = "unknown key" + (f"; did you mean {', '.join(close)}?" if close else "")
         lines.append(f"{field}: {message}")
     return "\n".join(lines)
 
@@ -243,19 +322,46 @@ def build_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(describe_errors(error)) from None
 
 
+PRESETS = "presets"
+"""Package folder of the shipped presets."""
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package (`--config NAME`)."""
+    return sorted(f.name.removesuffix(".yaml") for f in resources.files("fedpilot").joinpath(PRESETS).iterdir()
+                  if f.name.endswith(".yaml"))
+
+
+def find_config_file(path: str | Path) -> Path:
+    """A config file: the path if it exists, else the shipped preset of that name (`hetero`, `hetero.yaml`).
+
+    Raises `ConfigError` naming the presets when it is neither.
+    """
+    file = Path(path)
+    if file.is_file():
+        return file
+    name = str(path).removesuffix(".yaml")
+    if name in preset_names():
+        return Path(str(resources.files("fedpilot").joinpath(PRESETS, f"{name}.yaml")))
+    raise ConfigError(f"config file {str(path)!r} does not exist; shipped presets: {', '.join(preset_names())}")
+
+
+def read_config_tree(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a config file or preset name; `ConfigError` if missing, not YAML, or not a mapping."""
+    file = find_config_file(path)
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML preset (or the defaults), apply `key=value` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    """Read a YAML preset (a path or a shipped preset's name; else the defaults), apply `key=value`
+    overrides, validate."""
+    raw = read_config_tree(path) if path is not None else {}
     for text in overrides:
         apply_override(raw, *parse_override(text))
     return build_config(raw)

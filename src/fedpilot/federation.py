@@ -6,6 +6,7 @@ initial adapters wherever the rounds run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,11 @@ class Federation:
     settings: TrainSettings
     profile: CostProfile
     budgets: list[ClientBudget]
+
+    @property
+    def excluded(self) -> list[int]:
+        """Ids of the clients left out for a memory budget below the head-only cost."""
+        return [client for client, budget in enumerate(self.budgets) if budget.excluded]
 
     @property
     def client_sizes(self) -> list[int]:
@@ -96,6 +102,7 @@ def load_partitions(config: Config) -> tuple[TextData, list[Dataset], Dataset | 
 def build_federation(config: Config) -> Federation:
     """Load data and model, partition, tokenize, wrap with LoRA, discover units."""
     text, parts, val = load_partitions(config)
+    cost, budgets = profile_budgets(config, len(text.label_names))
     tokenizer = load_tokenizer(config.model.path)
     client_data = [tokenize(part, tokenizer, config.model.max_length) for part in parts]
     test = tokenize(subset(text.test, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
@@ -107,15 +114,29 @@ def build_federation(config: Config) -> Federation:
     train_cfg = config.train
     settings = TrainSettings(train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay,
                              train_cfg.precision, train_cfg.device)
-    cost = profile(str(resolve_model_path(config.model.path)), train_cfg.batch_size, config.model.max_length,
-                   rank=lora.rank, targets=lora.targets, num_labels=len(text.label_names),
-                   **PROFILE_MODE[train_cfg.precision])
-    groups = [(g.share, g.memory, g.upload) for g in config.clients.groups]
-    budgets = client_budgets(groups, config.clients.num_clients, cost)
     return Federation(model, discover_units(model), client_data, test, val, text.label_names, settings, cost, budgets)
 
 
-def sample_clients(num_clients: int, per_round: int, seed: int, round_number: int) -> list[int]:
-    """This round's clients, drawn from (seed, round) alone so every method sees the same ones."""
+def profile_budgets(config: Config, num_labels: int) -> tuple[CostProfile, list[ClientBudget]]:
+    """The run's cost profile and every client's budget, checked against it (before the model loads).
+
+    Raises `BudgetError` for a group below the head-only cost unless `clients.unaffordable=exclude`.
+    """
+    lora, train_cfg = config.lora, config.train
+    cost = profile(str(resolve_model_path(config.model.path)), train_cfg.batch_size, config.model.max_length,
+                   rank=lora.rank, targets=lora.targets, num_labels=num_labels, **PROFILE_MODE[train_cfg.precision])
+    groups = [(g.share, g.memory, g.upload) for g in config.clients.groups]
+    return cost, client_budgets(groups, config.clients.num_clients, cost, config.clients.unaffordable)
+
+
+def sample_clients(num_clients: int, per_round: int, seed: int, round_number: int,
+                   excluded: Sequence[int] = ()) -> list[int]:
+    """This round's clients, drawn from (seed, round) alone so every method sees the same ones.
+
+    Excluded clients are never drawn: the draw is over the others (at most all of them), in id order.
+    """
+    skip = set(excluded)
+    pool = [client for client in range(num_clients) if client not in skip]
     rng = np.random.default_rng([seed, round_number])
-    return sorted(int(i) for i in rng.choice(num_clients, size=per_round, replace=False))
+    drawn = rng.choice(len(pool), size=min(per_round, len(pool)), replace=False)
+    return sorted(pool[int(i)] for i in drawn)

@@ -1,4 +1,8 @@
-"""Per-client budgets from the config's groups: memory bytes and upload bytes per round."""
+"""Per-client budgets from the config's groups: memory bytes and upload bytes per round.
+
+A group whose memory cannot hold the frozen model and the head (`CostProfile.fixed_mem`) is an
+error, or with `clients.unaffordable: exclude` its clients are marked excluded (never sampled).
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedpilot.memory.cost import BudgetError, CostProfile, parse_budget
+from fedpilot.memory.cost import BudgetError, CostProfile, budget_bytes, human, parse_budget
 
 BITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
 
 
 @dataclass(frozen=True)
 class ClientBudget:
-    """What one client may spend per round: training memory and upload bytes (None = unlimited)."""
+    """What one client may spend per round: training memory and upload bytes (None = unlimited).
+
+    `excluded`: the memory cannot hold the frozen model and head, and the client never takes part.
+    """
 
     group: int
     memory: int
     upload: int | None
+    excluded: bool = False
 
 
 def parse_upload(text: str) -> int | None:
@@ -44,12 +52,34 @@ def group_of_clients(shares: Sequence[float], num_clients: int) -> list[int]:
     return [int(np.searchsorted(bounds, client, side="right")) for client in range(num_clients)]
 
 
-def client_budgets(groups: Sequence[tuple[float, str, str]], num_clients: int, profile: CostProfile) -> list[ClientBudget]:
-    """Budgets of every client from (share, memory, upload) groups; a budget below the minimum is an error."""
-    parsed = []
-    for index, (_, memory, upload) in enumerate(groups):
-        try:
-            parsed.append((parse_budget(memory, profile), parse_upload(upload)))
-        except BudgetError as error:
-            raise BudgetError(f"clients.groups[{index}]: {error}") from None
-    return [ClientBudget(g, *parsed[g]) for g in group_of_clients([s for s, _, _ in groups], num_clients)]
+def client_budgets(groups: Sequence[tuple[float, str, str]], num_clients: int, profile: CostProfile,
+                   unaffordable: str = "error") -> list[ClientBudget]:
+    """Budgets of every client from (share, memory, upload) groups.
+
+    A memory budget below the head-only cost raises `BudgetError` naming the group's field, or with
+    `unaffordable="exclude"` marks that group's clients excluded; every client excluded is an error.
+    """
+    parsed = [group_budget(index, memory, upload, profile, unaffordable)
+              for index, (_, memory, upload) in enumerate(groups)]
+    budgets = [parsed[g] for g in group_of_clients([s for s, _, _ in groups], num_clients)]
+    if all(budget.excluded for budget in budgets):
+        raise BudgetError(f"every client group is below the minimum of {human(profile.fixed_mem)} "
+                          f"(frozen model + head training); no client can take part")
+    return budgets
+
+
+def group_budget(index: int, memory: str, upload: str, profile: CostProfile, unaffordable: str) -> ClientBudget:
+    """One group's budget; errors name the field (`clients.groups[i].memory`)."""
+    field = f"clients.groups[{index}]"
+    try:
+        limit = parse_upload(upload)
+    except BudgetError as error:
+        raise BudgetError(f"{field}.upload: {error}") from None
+    try:
+        if unaffordable == "exclude":
+            size = budget_bytes(memory, profile)
+            return ClientBudget(index, size, limit, excluded=size < profile.fixed_mem)
+        return ClientBudget(index, parse_budget(memory, profile), limit)
+    except BudgetError as error:
+        hint = " (or set clients.unaffordable=exclude)" if "below the minimum" in str(error) else ""
+        raise BudgetError(f"{field}.memory: {error}{hint}") from None

@@ -23,6 +23,7 @@ from fedpilot.client import (BudgetExceeded, ClientUpdate, Plan, ScoreSettings, 
 from fedpilot.config import Config
 from fedpilot.federation import Federation, build_federation, sample_clients
 from fedpilot.models.units import UnitMap, load_adapter_state
+from fedpilot.report.budget_table import budget_table
 from fedpilot.report.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from fedpilot.report.records import RunRecorder, fresh_run_dir, read_rounds, summarize
 from fedpilot.strategies import StrategyContext, make_strategy
@@ -170,7 +171,8 @@ class RoundServer:
     def open_round(self, round_number: int) -> Round:
         """Sample the round's clients (from seed and round only) and take the strategy's IG-Score requests."""
         cfg = self.config
-        clients = sample_clients(cfg.clients.num_clients, cfg.clients.per_round, cfg.seed, round_number)
+        clients = sample_clients(cfg.clients.num_clients, cfg.clients.per_round, cfg.seed, round_number,
+                                 self.federation.excluded)
         return Round(round_number, clients, self.strategy.score_request(round_number, clients))
 
     def seed(self, current: Round, client_id: int) -> int:
@@ -215,7 +217,8 @@ class RoundServer:
             strategy_metrics = {"skipped": "no surviving clients"}
         else:
             self.state, strategy_metrics = self.strategy.aggregate(current.number, self.state, updates)
-        return {"round": current.number, "clients": records, "strategy": strategy_metrics}
+        excluded = {"excluded": self.federation.excluded} if self.federation.excluded else {}
+        return {"round": current.number, "clients": records, "strategy": strategy_metrics, **excluded}
 
     def describe(self, current: Round, client_id: int,
                  outcome: Outcome | None) -> tuple[dict[str, Any], ClientUpdate | None]:
@@ -298,6 +301,18 @@ class LocalRun(RoundServer):
         return self.finish()
 
 
+def show_budgets(config: Config, federation: Federation, console: Console) -> None:
+    """Print each client group's budgets and reach, a warning per group that trains the head only,
+    and the excluded clients."""
+    table, warnings = budget_table(config, federation.profile, federation.budgets, federation.unit_upload())
+    console.print(table)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if federation.excluded:
+        console.print(f"[yellow]excluded clients[/] (clients.unaffordable=exclude): {federation.excluded}",
+                      highlight=False)
+
+
 def run_local(config: Config, console: Console | None = None) -> tuple[Path, dict[str, Any]]:
     """Build the federation, then make the run directory and run every round in this process.
 
@@ -305,6 +320,7 @@ def run_local(config: Config, console: Console | None = None) -> tuple[Path, dic
     """
     console = console or Console()
     federation = build_federation(config)
+    show_budgets(config, federation, console)
     run_dir = fresh_run_dir(config.output.dir, config.run_name())
     recorder = RunRecorder(run_dir, config)
     return run_dir, LocalRun(config, federation, recorder, console).run()
@@ -314,6 +330,7 @@ def resume_local(run_dir: Path, config: Config, console: Console | None = None) 
     """Continue an interrupted run in `run_dir` from its last checkpoint (the config must match)."""
     console = console or Console()
     federation = build_federation(config)
+    show_budgets(config, federation, console)
     run = LocalRun(config, federation, RunRecorder(run_dir, config), console)
     run.resume()
     return run.run()

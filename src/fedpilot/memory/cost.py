@@ -26,18 +26,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from fedpilot.memory.gpus import UnknownGpu, usable_gpu_bytes
+
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 
 UNITS = {"b": 1, "k": KiB, "m": MiB, "g": GiB, "t": 2**40, "ki": KiB, "mi": MiB, "gi": GiB, "ti": 2**40,
          "kib": KiB, "mib": MiB, "gib": GiB, "tib": 2**40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
-
-GPUS = {"t4-16g": 15360 * MiB, "rtx3060-12g": 12288 * MiB, "rtx4090-24g": 24564 * MiB, "a10-24g": 23028 * MiB,
-        "a100-40g": 40960 * MiB, "a100-80g": 81920 * MiB, "h100-80g": 81559 * MiB}
-"""Total memory of each GPU as nvidia-smi reports it."""
-
-GPU_RESERVE_FIXED, GPU_RESERVE_FRACTION = 768 * MiB, 0.05
-"""Kept back from a GPU's total for the CUDA context and allocator fragmentation: 0.75 GiB + 5 %."""
-
 
 class BudgetError(ValueError):
     """A memory budget that cannot be parsed or cannot train anything."""
@@ -150,36 +144,54 @@ def cache_path(key: dict) -> Path:
 
 
 def parse_budget(text: str | int, profile: CostProfile | None = None) -> int:
-    """Bytes of a budget: "6GiB", "750MiB", "8GB", 123456789, a GPU name (its memory less the reserve),
-    or "40%" of the cost of training every unit; with a profile, at least the head-only cost."""
-    raw = str(text).strip()
-    lowered = raw.lower().replace(" ", "").replace("_", "")
-    if lowered.endswith("%"):
-        budget = _fraction_budget(raw, lowered[:-1], profile)
-    elif lowered in GPUS:
-        budget = usable_gpu_bytes(lowered)
-    else:
-        budget = _byte_budget(raw, lowered)
+    """Bytes of a budget: "6GiB", "750MiB", "8GB", 123456789, a GPU name (its memory less the reserve,
+    `fedpilot.memory.gpus`), or "40%" of the cost of training every unit; with a profile, at least the
+    head-only cost. Raises `BudgetError` for text that is none of these, a negative budget, a percentage
+    without a profile, or a budget below the head-only cost.
+    """
+    budget = budget_bytes(text, profile)
     if profile is not None and budget < profile.fixed_mem:
-        raise BudgetError(f"budget {raw!r} = {human(budget)} is below the minimum of {human(profile.fixed_mem)} "
-                          f"(frozen model + head training) for {profile.model} at batch {profile.batch}")
+        raise BudgetError(f"budget {str(text).strip()!r} = {human(budget)} is below the minimum of "
+                          f"{human(profile.fixed_mem)} (frozen model + head training) for {profile.model} "
+                          f"at batch {profile.batch}")
     return budget
 
 
-def usable_gpu_bytes(name: str) -> int:
-    """A GPU's total memory minus the reserve for CUDA context and allocator."""
-    total = GPUS[name]
-    return int(total - GPU_RESERVE_FIXED - GPU_RESERVE_FRACTION * total)
+def budget_bytes(text: str | int, profile: CostProfile | None = None) -> int:
+    """`parse_budget` without the minimum check: the bytes a budget names, however small."""
+    raw = str(text).strip()
+    lowered = raw.lower().replace(" ", "").replace("_", "")
+    if lowered.endswith("%"):
+        return _fraction_budget(raw, lowered[:-1], profile)
+    if re.match(r"[a-z]", lowered):
+        return _gpu_budget(raw)
+    return _byte_budget(raw, lowered)
+
+
+def check_budget(text: str | int) -> None:
+    """Raise `BudgetError` unless the text parses as a budget; a percentage is checked for its form only."""
+    raw = str(text).strip()
+    lowered = raw.lower().replace(" ", "").replace("_", "")
+    if lowered.endswith("%"):
+        _percent(raw, lowered[:-1])
+    else:
+        parse_budget(raw)
+
+
+def _gpu_budget(raw: str) -> int:
+    """Usable bytes of the GPU a name means."""
+    try:
+        return usable_gpu_bytes(raw)
+    except UnknownGpu as error:
+        raise BudgetError(str(error)) from None
 
 
 def _byte_budget(raw: str, lowered: str) -> int:
     """Bytes from a number with an optional unit suffix."""
     match = re.fullmatch(r"([+-]?\d+(?:\.\d*)?(?:e[+-]?\d+)?)([a-z]*)", lowered)
     if match is None or match.group(2) not in UNITS | {"": 1}:
-        if re.fullmatch(r"[a-z][a-z0-9.-]*", lowered):
-            raise BudgetError(f"unknown GPU name {raw!r}; known: {', '.join(GPUS)}")
         raise BudgetError(f"cannot parse budget {raw!r}; use bytes like '6GiB', '750MiB', '8GB', 123456789, "
-                          f"a GPU name ({', '.join(GPUS)}) or a percentage like '40%'")
+                          f"a GPU name like 't4', 'rtx4090', 'a100-80g' or a percentage like '40%'")
     value = float(match.group(1)) * UNITS.get(match.group(2), 1)
     if value < 0:
         raise BudgetError(f"budget {raw!r} is negative")
@@ -190,6 +202,14 @@ def _byte_budget(raw: str, lowered: str) -> int:
 
 def _fraction_budget(raw: str, number: str, profile: CostProfile | None) -> int:
     """A percentage of the cost of training every unit."""
+    percent = _percent(raw, number)
+    if profile is None:
+        raise BudgetError(f"budget {raw!r} is a fraction of the all-units cost and needs a cost profile")
+    return int(percent / 100 * mem_of(profile, range(profile.num_units)))
+
+
+def _percent(raw: str, number: str) -> float:
+    """The number of a percentage budget, finite and non-negative."""
     try:
         percent = float(number)
     except ValueError:
@@ -198,9 +218,7 @@ def _fraction_budget(raw: str, number: str, profile: CostProfile | None) -> int:
         raise BudgetError(f"cannot parse budget {raw!r} as a percentage")
     if percent < 0:
         raise BudgetError(f"budget {raw!r} is negative")
-    if profile is None:
-        raise BudgetError(f"budget {raw!r} is a fraction of the all-units cost and needs a cost profile")
-    return int(percent / 100 * mem_of(profile, range(profile.num_units)))
+    return percent
 
 
 def human(size: float) -> str:

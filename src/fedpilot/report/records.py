@@ -68,6 +68,15 @@ def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
     return rounds
 
 
+def last_global_scores(run_dir: str | Path) -> list[float] | None:
+    """The last round's `strategy.global_scores` of a run, by unit index; None when no round logged them."""
+    for record in reversed(read_rounds(run_dir)):
+        scores = record.get("strategy", {}).get("global_scores")
+        if scores:
+            return [float(scores[str(j)]) for j in range(len(scores))]
+    return None
+
+
 def unit_coverage(rounds: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Per unit: in how many rounds it was trained by 0, 1, 2, ... clients (survivors only)."""
     num_units = 1 + max((u for r in rounds for c in r["clients"] for u in c.get("units", [])), default=-1)
@@ -103,7 +112,8 @@ def trained_client_rounds(rounds: list[dict[str, Any]]) -> int:
 
 
 def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
-    """Final and best test (and validation) accuracy, rounds, wall time, unit coverage and IG-Score cost.
+    """Final and best test (and validation) accuracy, rounds, wall time, unit coverage, IG-Score cost and the
+    clients excluded for their budget (`clients.unaffordable: exclude`), from the records.
 
     A run in which no client ever trained (no client qualified for its method) has no accuracy of
     its own: `final_accuracy` and the other accuracies are None, the untrained model's is kept as
@@ -122,6 +132,7 @@ def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, An
         "wall_seconds": wall_seconds,
         "unit_coverage": unit_coverage(rounds),
         "ig_cost_fraction": ig_cost_fraction(rounds),
+        "excluded_clients": sorted({c for r in rounds for c in r.get("excluded", [])}),
     }
     if rounds and summary["trained_client_rounds"] == 0:
         summary.update(untrained_accuracy=summary["final_accuracy"], final_accuracy=None, best_accuracy=None,

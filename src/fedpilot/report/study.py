@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedpilot.config import (Config, ConfigError, apply_override, build_config, describe_errors,
-                             parse_override)
+from fedpilot.config import (Config, ConfigError, apply_override, build_config, describe_errors, parse_override,
+                             read_config_tree)
 from fedpilot.strategies import known_strategy
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
@@ -98,7 +98,8 @@ class Grid(_Strict):
 
 class Study(_Strict):
     name: str = Field(pattern=NAME_PATTERN, description="study name: runs go to <runs_dir>/<name>/")
-    base: str | None = Field(None, description="config preset every run starts from (path from the working directory)")
+    base: str | None = Field(None, description="config preset every run starts from (path from the working "
+                                              "directory, or a shipped preset name such as hetero)")
     overrides: list[str] = Field([], description="section.field=value applied to every run")
     grid: Grid = Field(description="what varies between runs")
     runs_dir: str = Field("runs", description="parent of the study's run directories")
@@ -165,16 +166,13 @@ def load_study(path: str | Path) -> Study:
 
 
 def base_tree(study: Study) -> dict[str, Any]:
-    """The raw config every run starts from: the base preset's mapping (or empty)."""
+    """The raw config every run starts from: the base preset's mapping (a path or a shipped preset's name), or empty."""
     if study.base is None:
         return {}
-    file = Path(study.base)
-    if not file.is_file():
-        raise ConfigError(f"base: config file {study.base!r} does not exist")
-    raw = yaml.safe_load(file.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"base: config file {study.base!r} must hold a mapping of sections")
-    return raw
+    try:
+        return read_config_tree(study.base)
+    except ConfigError as error:
+        raise ConfigError(f"base: {error}") from None
 
 
 def partition_tag(spec: PartitionSpec, config: Config) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from fedpilot.config_fields import FieldDoc
+
 
 def round_table(rounds: list[dict[str, Any]]) -> Table:
     """Test (and validation) accuracy, test loss, mean client loss and time per evaluated round."""
@@ -25,9 +27,9 @@ def round_table(rounds: list[dict[str, Any]]) -> Table:
     return table
 
 
-def summary_table(summary: dict[str, Any], run_dir: str) -> Table:
-    """Final and best accuracy and wall time of a run."""
-    table = Table(title=f"summary: {run_dir}")
+def summary_table(summary: dict[str, Any]) -> Table:
+    """Final and best accuracy and wall time of a run (its directory is printed apart, never wrapped)."""
+    table = Table(title="summary")
     table.add_column("final acc", justify="right")
     table.add_column("best acc (round)", justify="right")
     table.add_column("wall time", justify="right")
@@ -37,6 +39,18 @@ def summary_table(summary: dict[str, Any], run_dir: str) -> Table:
         return table
     table.add_row(f"{summary['final_accuracy']:.4f}", f"{summary['best_accuracy']:.4f} ({summary['best_round']})",
                   f"{summary['wall_seconds']:.0f} s")
+    return table
+
+
+def fields_table(docs: Sequence[FieldDoc]) -> Table:
+    """Every config field with its type, default and description (`fedpilot config`)."""
+    table = Table(title="config fields (set with --set section.field=value)")
+    table.add_column("field", no_wrap=True)
+    table.add_column("type", overflow="fold", max_width=24)
+    table.add_column("default", overflow="fold", max_width=24)
+    table.add_column("description", overflow="fold", min_width=24)
+    for doc in docs:
+        table.add_row(doc.name, doc.type, doc.default, doc.description)
     return table
 
 

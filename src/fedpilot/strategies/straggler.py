@@ -19,7 +19,9 @@ from fedpilot.strategies.top_k import top_units
 
 
 def weakest_budget(budgets: list[ClientBudget]) -> ClientBudget:
-    """Smallest memory and smallest upload over all budgets (None = unlimited); group -1 marks the envelope."""
+    """Smallest memory and smallest upload over all budgets of clients not excluded (None = unlimited);
+    group -1 marks the envelope."""
+    budgets = [b for b in budgets if not b.excluded]
     uploads = [b.upload for b in budgets if b.upload is not None]
     return ClientBudget(-1, min(b.memory for b in budgets), min(uploads) if uploads else None)
 

@@ -1,0 +1,1 @@
+"""`fedpilot plan`: who in a fleet can train what, before any training."""

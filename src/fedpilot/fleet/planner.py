@@ -1,0 +1,124 @@
+"""Who in a fleet can train what: per client kind and per unit, from a cost profile alone.
+
+Per kind: whether its memory holds the frozen model and the head (Mem({}) = fixed_mem), the deepest
+unit it can train, the knapsack's assignment (`assign.knapsack.solve_assignment`, as the fedpilot
+strategy calls it) under given unit values, its Mem and traffic per round, and the largest batch
+at which it could train every unit. Per unit: how many clients of the fleet can train it alone
+(`can_train`) and how many the assignments give it (`assigned`). All sizes are bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from fedpilot.assign.budgets import parse_upload
+from fedpilot.assign.knapsack import solve_assignment
+from fedpilot.assign.reach import deepest_unit, lora_bytes, upload_units
+from fedpilot.fleet.spec import ClientKind, Fleet
+from fedpilot.memory.cost import CostProfile, budget_bytes, mem_of
+
+MAX_BATCH = 2**16
+"""Largest batch size `largest_batch` tries."""
+
+
+@dataclass(frozen=True)
+class KindPlan:
+    """The plan of one client kind (bytes; `upload_budget` None = unlimited).
+
+    A kind that cannot take part has `units == ()`, `mem_bytes` and traffic 0, and its `reason`.
+    """
+
+    name: str
+    count: int
+    memory_budget: int
+    upload_budget: int | None
+    takes_part: bool
+    deepest_unit: int | None
+    upload_units: int
+    units: tuple[int, ...]
+    value: float
+    mem_bytes: int
+    upload_bytes: int
+    download_bytes: int
+    largest_batch_all_units: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """The plan of a fleet: the profile's key facts, each kind, and per unit its coverage (clients)."""
+
+    model: str
+    batch: int
+    length: int
+    dtype: str
+    rank: int
+    frozen_bytes: int
+    head_only_bytes: int
+    all_units_bytes: int
+    unit_upload_bytes: tuple[int, ...]
+    values: tuple[float, ...]
+    kinds: tuple[KindPlan, ...]
+    can_train: tuple[int, ...]
+    assigned: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+
+def plan_fleet(profile: CostProfile, fleet: Fleet, values: Sequence[float] | None = None) -> FleetPlan:
+    """Plan every kind of the fleet under the unit values (uniform when None)."""
+    n = profile.num_units
+    values = tuple(float(v) for v in values) if values is not None else (1.0,) * n
+    if len(values) != n:
+        raise ValueError(f"{len(values)} unit values for a model with {n} units")
+    kinds = tuple(plan_kind(profile, kind, values) for kind in fleet.kinds)
+    uploads = lora_bytes(profile)
+    can_train = tuple(sum(k.count for k in kinds if k.takes_part and _fits_alone(profile, k, uploads, j))
+                      for j in range(n))
+    assigned = tuple(sum(k.count for k in kinds if j in k.units) for j in range(n))
+    return FleetPlan(profile.model, profile.batch, profile.length, profile.dtype, profile.rank, profile.frozen,
+                     profile.fixed_mem, mem_of(profile, range(n)), uploads, values, kinds, can_train, assigned)
+
+
+def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...]) -> KindPlan:
+    """One kind's plan: takes part or why not, deepest unit, assignment, Mem, traffic, largest batch."""
+    memory, upload = budget_bytes(kind.memory, profile), parse_upload(kind.upload)
+    uploads, head_weights = lora_bytes(profile), head_bytes(profile)
+    common = dict(name=kind.name, count=kind.count, memory_budget=memory, upload_budget=upload,
+                  upload_units=upload_units(uploads, upload),
+                  largest_batch_all_units=largest_batch(profile, range(profile.num_units), memory))
+    if memory < profile.fixed_mem:
+        return KindPlan(**common, takes_part=False, deepest_unit=None, units=(), value=0.0, mem_bytes=0,
+                        upload_bytes=0, download_bytes=0,
+                        reason="memory below the frozen model + head training (head-only cost)")
+    chosen = solve_assignment(values, profile.path_mem, profile.unit_mem, profile.fixed_mem, memory, uploads, upload)
+    return KindPlan(**common, takes_part=True, deepest_unit=deepest_unit(profile, memory, uploads, upload),
+                    units=chosen.units, value=chosen.value, mem_bytes=chosen.mem_bytes,
+                    upload_bytes=chosen.upload_bytes + head_weights, download_bytes=sum(uploads) + head_weights,
+                    reason="" if chosen.units else "no unit fits: trains the head only")
+
+
+def head_bytes(profile: CostProfile) -> int:
+    """Bytes of the head's weights, sent both ways every round: M_head / 4 (weights, gradients, two moments)."""
+    return profile.head // 4
+
+
+def largest_batch(profile: CostProfile, units: Sequence[int] | range, memory: int) -> int:
+    """The largest batch size (at most `MAX_BATCH`) at which Mem(units) fits `memory`; 0 if even 1 does not."""
+    def fits(batch: int) -> bool:
+        return mem_of(profile.at_batch(batch), units) <= memory
+
+    low, high = 0, MAX_BATCH
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+def _fits_alone(profile: CostProfile, kind: KindPlan, uploads: tuple[int, ...], unit: int) -> bool:
+    """Whether a kind could train `unit` on its own within both budgets."""
+    return mem_of(profile, [unit]) <= kind.memory_budget and (kind.upload_budget is None
+                                                              or uploads[unit] <= kind.upload_budget)

@@ -1,0 +1,136 @@
+"""Show a fleet plan: rich tables, JSON and a figure; also the body of `fedpilot plan`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
+
+from fedpilot.config import ConfigError
+from fedpilot.fleet.planner import FleetPlan, plan_fleet
+from fedpilot.fleet.spec import load_fleet
+from fedpilot.memory.cost import GiB, human
+from fedpilot.memory.plot import model_label
+
+
+def unit_ranges(units: Sequence[int]) -> str:
+    """Units as compact ranges: (0, 1, 2, 5) -> "0-2, 5"; () -> "head only"."""
+    if not units:
+        return "head only"
+    parts, start = [], units[0]
+    for previous, current in zip(units, [*units[1:], None]):
+        if current != previous + 1:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+            start = current
+    return ", ".join(parts)
+
+
+def kinds_table(plan: FleetPlan) -> Table:
+    """Per kind: budgets, whether it takes part, deepest unit, assignment, Mem, traffic, largest batch."""
+    table = Table(title=f"plan: {model_label(plan.model)}, batch {plan.batch}, length {plan.length}, {plan.dtype}, "
+                        f"LoRA r={plan.rank}; frozen model {human(plan.frozen_bytes)}, head only "
+                        f"{human(plan.head_only_bytes)}, every unit {human(plan.all_units_bytes)}")
+    for column in ("kind", "clients", "memory", "upload", "deepest unit", "assigned units", "Mem",
+                   "up / round", "down / round", "batch, all units"):
+        table.add_column(column, justify="left" if column in ("kind", "assigned units") else "right")
+    for kind in plan.kinds:
+        upload = "unlimited" if kind.upload_budget is None else f"{human(kind.upload_budget)} ({kind.upload_units} u)"
+        if not kind.takes_part:
+            table.add_row(kind.name, str(kind.count), human(kind.memory_budget), upload, "-",
+                          f"[red]cannot take part[/]: {kind.reason}", "-", "-", "-", "-")
+            continue
+        deepest = "-" if kind.deepest_unit is None else str(kind.deepest_unit)
+        table.add_row(kind.name, str(kind.count), human(kind.memory_budget), upload, deepest,
+                      unit_ranges(kind.units), human(kind.mem_bytes), human(kind.upload_bytes),
+                      human(kind.download_bytes), str(kind.largest_batch_all_units) or "0")
+    return table
+
+
+def coverage_table(plan: FleetPlan) -> Table:
+    """Per run of units with equal coverage: clients that can train them, clients the plans give them."""
+    table = Table(title=f"coverage per unit ({sum(k.count for k in plan.kinds)} clients)")
+    for column in ("units", "can train", "assigned"):
+        table.add_column(column, justify="right")
+    start = 0
+    for j in range(1, len(plan.can_train) + 1):
+        if j == len(plan.can_train) or (plan.can_train[j], plan.assigned[j]) != (plan.can_train[start],
+                                                                                   plan.assigned[start]):
+            table.add_row(unit_ranges(range(start, j)), str(plan.can_train[start]), str(plan.assigned[start]))
+            start = j
+    return table
+
+
+def plot_plan(plan: FleetPlan, path: Path) -> Path:
+    """Two panels: each kind's Mem of its assignment against its budget; coverage per unit."""
+    fig = Figure(figsize=(11, 4.2))
+    left, right = fig.subplots(1, 2)
+    names = [k.name for k in plan.kinds]
+    left.bar(names, [plan.frozen_bytes / GiB] * len(names), color="C7", label="frozen model")
+    left.bar(names, [max(k.mem_bytes - plan.frozen_bytes, 0) / GiB for k in plan.kinds],
+             bottom=[plan.frozen_bytes / GiB] * len(names), color="C0", label="training (assigned units + head)")
+    left.scatter(names, [k.memory_budget / GiB for k in plan.kinds], color="C3", marker="_", s=900, zorder=3,
+                 label="budget")
+    left.set(ylabel="memory (GiB)", title="memory per kind against its budget")
+    left.legend(fontsize=8)
+    units = range(len(plan.can_train))
+    right.bar(units, plan.can_train, color="C1", alpha=0.5, label="clients that can train it")
+    right.bar(units, plan.assigned, color="C2", width=0.5, label="clients assigned it")
+    right.set(xlabel="unit (0 = lowest block)", ylabel="clients", title="coverage per unit")
+    right.legend(fontsize=8)
+    fig.suptitle(f"{model_label(plan.model)}: batch {plan.batch}, length {plan.length}, {plan.dtype}, "
+                 f"LoRA r={plan.rank}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_plan(plan: FleetPlan, out_dir: Path) -> list[Path]:
+    """Write `plan.json` and `plan.png` into `out_dir`; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "plan.json"
+    json_path.write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+    return [json_path, plot_plan(plan, out_dir / "plan.png")]
+
+
+def unit_values(scores_run: Path | None, num_units: int) -> list[float] | None:
+    """Unit values from a run's last global IG-Scores (None: uniform); `ConfigError` if unusable."""
+    from fedpilot.report.records import last_global_scores
+
+    if scores_run is None:
+        return None
+    scores = last_global_scores(scores_run)
+    if scores is None:
+        raise ConfigError(f"--scores {scores_run}: no round of that run logged strategy.global_scores "
+                          f"(fedpilot runs do)")
+    if len(scores) != num_units:
+        raise ConfigError(f"--scores {scores_run}: {len(scores)} unit scores, but the model has {num_units} units")
+    return scores
+
+
+def run_plan_command(model: str, batch: int, seq: int, dtype: str, rank: int, fleet_file: Path,
+                     scores_run: Path | None, out: Path, console: Console) -> FleetPlan:
+    """`fedpilot plan`: read the fleet, profile the model on meta (or read the cache), plan, print, write."""
+    from fedpilot.memory.profiler import profile
+
+    fleet = load_fleet(fleet_file)
+    started = time.perf_counter()
+    cost = profile(model, batch, seq, None, dtype, rank, None, "meta")
+    plan = plan_fleet(cost, fleet, unit_values(scores_run, cost.num_units))
+    console.print(kinds_table(plan))
+    console.print(coverage_table(plan))
+    values = f"global IG-Scores of {scores_run}" if scores_run else "uniform unit values"
+    console.print(f"assignments: exact knapsack under {values}; up / round = assigned units' LoRA + head, "
+                  f"down / round = every unit's LoRA + head", highlight=False)
+    for kind in plan.kinds:
+        if kind.takes_part and not kind.units:
+            console.print(f"[yellow]warning:[/] {kind.name} can afford no unit and trains the head only", highlight=False)
+    paths = write_plan(plan, out)
+    console.print(f"planned in {time.perf_counter() - started:.1f} s; wrote {', '.join(map(str, paths))}",
+                  soft_wrap=True, highlight=False)
+    return plan
