@@ -139,7 +139,7 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--set", f"data.name={no_label}"], "label column 'label' not in nolabel.csv"),
         (["--set", "partition.kind=dirichlet", "--set", "partition.alpha=0"], "partition.alpha: Input should be greater than 0"),
         (["--set", f"data.name={tiny}", "--set", "clients.num_clients=9", "--set", "clients.per_round=2"],
-         "exceeds the 8 training examples"),
+         "exceeds the 7 training examples clients can hold"),
         (["--set", "partition.kind=pathological", "--set", "partition.classes_per_client=21"],
          "classes_per_client=21 exceeds the dataset's 20 labels"),
         (["--set", "lora.rank=0"], "lora.rank: Input should be greater than 0"),

@@ -39,3 +39,10 @@ def test_rows_pool_seeds_and_the_markdown_shows_percent_per_budget():
     assert table.splitlines()[0] == "| dataset | partition | method | budget | client_rounds | unit 0 | unit 1 | unit 2 | unit 3 |"
     assert "| 20newsgroups | iid | top-k | 120.0 MiB | 3 | 0% | 0% | 33% | 67% |" in table
     assert "| 20newsgroups | iid | top-k | 160.0 MiB | 1 | 100% | 100% | 100% | 100% |" in table
+
+
+def test_mean_ranks_show_where_the_records_give_them():
+    records = [{**rec([4, 5], MiB), "ranks": [2, 8]}, {**rec([5], MiB), "ranks": [4]}, rec([5], MiB)]
+    rows = unit_use_rows({("20ng", "iid", "fedpilot"): [[{"clients": records}]]})
+    assert rows[0]["ranks"] == [None, None, None, None, 2.0, 6.0]  # unit 5: ranks 8 and 4; the third gave none
+    assert "| 20ng | iid | fedpilot | 1.0 MiB | 3 | 0% | 0% | 0% | 0% | 33% r2.0 | 100% r6.0 |" in unit_use_markdown(rows)

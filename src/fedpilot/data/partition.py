@@ -31,7 +31,8 @@ def partition(train: Dataset, kind: str, num_clients: int, seed: int, alpha: flo
               classes_per_client: int = 2) -> list[Dataset]:
     """One Dataset per client; the IID split shuffles first so shards are random."""
     if num_clients > len(train):
-        raise DataError(f"clients.num_clients={num_clients} exceeds the {len(train)} training examples")
+        raise DataError(f"clients.num_clients={num_clients} exceeds the {len(train)} training examples clients "
+                        "can hold (after data.val_fraction's validation split)")
     num_labels = train.features["label"].num_classes
     partitioner = make_partitioner(kind, num_clients, alpha, classes_per_client, num_labels, seed)
     partitioner.dataset = train.shuffle(seed=seed) if kind == "iid" else train

@@ -84,8 +84,10 @@ def state_bytes(state: State) -> int:
 
 
 def client_record(update: ClientUpdate, plan: Plan, scores: dict[int, tuple[float, ...]] | None) -> dict[str, Any]:
-    """The per-client part of a round record: plan, budget, estimate, scores and training metrics."""
-    return {"id": update.client_id, "examples": update.num_examples, "units": list(plan.units),
+    """The per-client part of a round record: plan (with each unit's LoRA rank when below full), budget,
+    estimate, scores and training metrics."""
+    ranks = {} if plan.ranks is None else {"ranks": list(plan.ranks)}
+    return {"id": update.client_id, "examples": update.num_examples, "units": list(plan.units), **ranks,
             "budget_bytes": plan.budget_bytes, "estimated_bytes": plan.estimated_bytes,
             "upload_bytes": plan.upload_bytes, "scores": scores, **update.metrics}
 

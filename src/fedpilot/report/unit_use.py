@@ -1,8 +1,10 @@
 """Which units each method trained, per budget group: the evidence behind a study's accuracy table.
 
 For every (dataset, partition, method) and every client budget, the share of that budget's sampled
-client-rounds in which each unit was trained. A client left out of a round, or training the head
-only, counts as training no unit; rank-based methods count a unit whenever it had a rank above 0.
+client-rounds in which each unit was trained, and, where the records give per-unit LoRA ranks
+(`ranks`, written when a plan trains units below full rank), the mean rank the unit was trained at
+over the records that give one. A client left out of a round, or training the head only, counts as
+training no unit; rank-based methods count a unit whenever it had a rank above 0.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ def unit_shares(client_records: Sequence[Mapping[str, Any]], units: int) -> list
             for unit in range(units)]
 
 
+def unit_ranks(client_records: Sequence[Mapping[str, Any]], units: int) -> list[float | None]:
+    """For each unit 0..units-1, its mean LoRA rank over the records that trained it with a `ranks` entry
+    (None where none did)."""
+    ranks: dict[int, list[int]] = defaultdict(list)
+    for record in client_records:
+        for unit, rank in zip(record.get("units", ()), record.get("ranks") or ()):
+            ranks[unit].append(rank)
+    return [sum(ranks[j]) / len(ranks[j]) if ranks[j] else None for j in range(units)]
+
+
 def by_budget(client_records: Iterable[Mapping[str, Any]]) -> dict[int | None, list[Mapping[str, Any]]]:
     """Client records grouped by their budget in bytes, smallest first; no budget (None) last."""
     groups: dict[int | None, list[Mapping[str, Any]]] = defaultdict(list)
@@ -50,15 +62,18 @@ def unit_use_rows(settings: Mapping[tuple[str, str, str], Sequence[Sequence[Mapp
     for (dataset, partition, method), records in clients.items():
         for budget, members in by_budget(records).items():
             rows.append({"dataset": dataset, "partition": partition, "method": method, "budget": budget,
-                         "client_rounds": len(members), "shares": unit_shares(members, units)})
+                         "client_rounds": len(members), "shares": unit_shares(members, units),
+                         "ranks": unit_ranks(members, units)})
     return rows
 
 
 def unit_use_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as a Markdown table, shares in percent and budgets in binary units."""
+    """The rows as a Markdown table, shares in percent (with the mean rank as `r4.5` where known) and
+    budgets in binary units."""
     units = len(rows[0]["shares"]) if rows else 0
     header = [*KEY_COLUMNS, *(f"unit {j}" for j in range(units))]
     cells = [[row["dataset"], row["partition"], row["method"],
               "none" if row["budget"] is None else human(row["budget"]), str(row["client_rounds"]),
-              *(f"{share:.0%}" for share in row["shares"])] for row in rows]
+              *(f"{share:.0%}" + ("" if rank is None else f" r{rank:.1f}")
+                for share, rank in zip(row["shares"], row.get("ranks") or [None] * units))] for row in rows]
     return markdown_table(header, cells)
