@@ -24,6 +24,7 @@ from fedpilot.config import Config
 from fedpilot.federation import Federation, build_federation, sample_clients
 from fedpilot.models.units import UnitMap, load_adapter_state
 from fedpilot.report.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from fedpilot.report.export import write_run_model
 from fedpilot.report.records import RunRecorder, fresh_run_dir, read_rounds, summarize
 from fedpilot.strategies import StrategyContext, make_strategy
 from fedpilot.strategies.base import State, Strategy
@@ -253,8 +254,11 @@ class RoundServer:
         save_checkpoint(self.recorder.run_dir, current.number, self.state, *self.strategy.state())
 
     def finish(self) -> dict[str, Any]:
-        """The run's summary, also written to summary.json."""
+        """Write the run's model (`model/`), then its summary (summary.json, last: it marks the run finished)."""
         summary = summarize(self.rounds, self.offset + time.perf_counter() - self.started)
+        summary["label_names"] = self.federation.label_names
+        last_round = self.rounds[-1]["round"] if self.rounds else 0
+        write_run_model(self.recorder.run_dir, self.config, self.state, self.federation.label_names, last_round)
         self.recorder.write_summary(summary)
         return summary
 

@@ -1,0 +1,94 @@
+"""The model of a run: PEFT adapter folder at the end of a run, `fedpilot export`, reload in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, BertConfig, BertModel
+from typer.testing import CliRunner
+
+from fedpilot.cli import app
+from fedpilot.config import load_config
+from fedpilot.engines.local import run_local
+from fedpilot.federation import build_federation
+from fedpilot.models.loading import resolve_model_path
+from fedpilot.models.units import load_adapter_state
+from fedpilot.report.checkpoint import load_checkpoint
+
+
+def headless_bert(folder) -> None:
+    """A 2-block BERT encoder without a classification head (like the packaged MiniLM), MiniLM's tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def tiny_run_config(base, out, name: str, *extra: str):
+    """Two rounds of 2 steps on 300 20 Newsgroups examples with the tiny encoder, 64 test examples."""
+    return load_config(None, [
+        f"model.path={base}", "model.max_length=32", "data.max_train_examples=300", "clients.num_clients=3",
+        "clients.per_round=3", "train.rounds=2", "train.local_steps=2", "eval.max_examples=64",
+        f"output.dir={out}", f"output.name={name}", *extra])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """(config, run directory) of one finished tiny run."""
+    base = tmp_path_factory.mktemp("base")
+    headless_bert(base)
+    config = tiny_run_config(base, tmp_path_factory.mktemp("runs"), "tiny")
+    run_dir, _ = run_local(config, Console(quiet=True))
+    return config, run_dir
+
+
+def server_logits(config, run_dir, examples: int = 32) -> tuple[dict, torch.Tensor]:
+    """Inputs of the first test examples and the logits of the server's final global model on them."""
+    federation = build_federation(config)
+    load_adapter_state(federation.model, load_checkpoint(run_dir).global_state)
+    batch = federation.test_data[:examples]
+    inputs = {k: v for k, v in batch.items() if k != "label"}
+    with torch.no_grad():
+        return inputs, federation.model.eval()(**inputs).logits
+
+
+RELOAD = textwrap.dedent("""
+    import sys, warnings
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    base_folder, model_dir, inputs, out = sys.argv[1:]
+    base = AutoModelForSequenceClassification.from_pretrained(base_folder, config=AutoConfig.from_pretrained(model_dir))
+    print("--- peft load ---", file=sys.stderr, flush=True)
+    warnings.simplefilter("always")
+    model = PeftModel.from_pretrained(base, model_dir).eval()
+    save_file({"logits": model(**load_file(inputs)).logits.detach().contiguous()}, out)
+""")
+
+
+def test_a_finished_run_reloads_in_plain_peft_with_the_servers_logits(finished_run, tmp_path):
+    config, run_dir = finished_run
+    model_dir = run_dir / "model"
+    adapter = json.loads((model_dir / "adapter_config.json").read_text())
+    assert "classifier" in adapter["modules_to_save"] and adapter["r"] == config.lora.rank
+    labels = json.loads((model_dir / "config.json").read_text())["id2label"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert labels["0"] == summary["label_names"][0] == "alt.atheism" and len(labels) == 20
+    inputs, expected = server_logits(config, run_dir)
+    save_file({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
+    done = subprocess.run([sys.executable, "-c", RELOAD, adapter["base_model_name_or_path"], str(model_dir),
+                           str(tmp_path / "inputs.safetensors"), str(tmp_path / "logits.safetensors")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after_base = done.stderr.split("--- peft load ---")[1]
+    assert "newly initialized" not in after_base and "missing" not in after_base.lower(), after_base
+    torch.testing.assert_close(load_file(tmp_path / "logits.safetensors")["logits"], expected, atol=1e-5, rtol=0)
