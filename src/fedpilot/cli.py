@@ -1,4 +1,4 @@
-"""`fedpilot` command line: run, compare, plot, profile, data-stats, strategies.
+"""`fedpilot` command line: run, export, predict, evaluate, compare, plot, profile, data-stats, strategies.
 
 Each command parses its options and calls one function; bad input exits with code 2, no traceback.
 """
@@ -111,6 +111,26 @@ def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOptio
         stop_run(error)
     console.print(round_table(read_rounds(run_dir)))
     console.print(summary_table(summary, str(run_dir)))
+
+
+RunArgument = Annotated[Path, typer.Argument(help="run directory (runs/<name>)")]
+
+
+@app.command()
+def export(
+    run_dir: RunArgument,
+    merged: Annotated[Optional[Path], typer.Option("--merged", help="write a plain Transformers folder (LoRA merged "
+                                                                    "into the weights, tokenizer) here instead")] = None,
+) -> None:
+    """Write a run's model/ (PEFT adapter folder) from its last checkpoint, or a merged Transformers folder."""
+    from fedpilot.models.export import ExportError
+    from fedpilot.report.checkpoint import CheckpointError
+    from fedpilot.report.export import export_run
+
+    try:
+        console.print(f"wrote {export_run(run_dir, merged)}", highlight=False)
+    except (*USER_ERRORS, ExportError, CheckpointError) as error:
+        fail(str(error))
 
 
 @app.command()
