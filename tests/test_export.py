@@ -8,48 +8,14 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import torch
-from rich.console import Console
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, BertConfig, BertModel
 from typer.testing import CliRunner
 
 from fedpilot.cli import app
-from fedpilot.config import load_config
-from fedpilot.engines.local import run_local
 from fedpilot.federation import build_federation
-from fedpilot.models.loading import resolve_model_path
 from fedpilot.models.units import load_adapter_state
 from fedpilot.report.checkpoint import load_checkpoint
-
-
-def headless_bert(folder) -> None:
-    """A 2-block BERT encoder without a classification head (like the packaged MiniLM), MiniLM's tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-def tiny_run_config(base, out, name: str, *extra: str):
-    """Two rounds of 2 steps on 300 20 Newsgroups examples with the tiny encoder, 64 test examples."""
-    return load_config(None, [
-        f"model.path={base}", "model.max_length=32", "data.max_train_examples=300", "clients.num_clients=3",
-        "clients.per_round=3", "train.rounds=2", "train.local_steps=2", "eval.max_examples=64",
-        f"output.dir={out}", f"output.name={name}", *extra])
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """(config, run directory) of one finished tiny run."""
-    base = tmp_path_factory.mktemp("base")
-    headless_bert(base)
-    config = tiny_run_config(base, tmp_path_factory.mktemp("runs"), "tiny")
-    run_dir, _ = run_local(config, Console(quiet=True))
-    return config, run_dir
 
 
 def server_logits(config, run_dir, examples: int = 32) -> tuple[dict, torch.Tensor]:
