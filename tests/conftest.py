@@ -59,12 +59,13 @@ def headless_bert(folder) -> None:
 
 
 def tiny_run_config(base, out, name: str, *extra: str):
-    """Two rounds of 2 steps on 300 20 Newsgroups examples with the tiny encoder, 64 test examples."""
+    """Two rounds of 2 steps on 300 20 Newsgroups examples with the tiny encoder, 64 test examples per round
+    (the whole test split after the last), TensorBoard on."""
     from fedpilot.config import load_config
 
     return load_config(None, [
         f"model.path={base}", "model.max_length=32", "data.max_train_examples=300", "clients.num_clients=3",
-        "clients.per_round=3", "train.rounds=2", "train.local_steps=2", "eval.max_examples=64",
+        "clients.per_round=3", "train.rounds=2", "train.local_steps=2", "eval.max_examples=64", "output.tensorboard=true",
         f"output.dir={out}", f"output.name={name}", *extra])
 
 

@@ -42,6 +42,10 @@ class Federation:
     settings: TrainSettings
     profile: CostProfile
     budgets: list[ClientBudget]
+    full_test_data: Dataset | None = None
+    """The whole test split (tokenized) for the final evaluation; None when `eval.final_full` is off."""
+    test_majority_rate: float = 0.0
+    """Share of the most common label in the whole test split (what always guessing it scores)."""
 
     @property
     def client_sizes(self) -> list[int]:
@@ -112,7 +116,14 @@ def build_federation(config: Config) -> Federation:
                    **PROFILE_MODE[train_cfg.precision])
     groups = [(g.share, g.memory, g.upload) for g in config.clients.groups]
     budgets = client_budgets(groups, config.clients.num_clients, cost)
-    return Federation(model, discover_units(model), client_data, test, val, text.label_names, settings, cost, budgets)
+    full_test = tokenize(text.test, tokenizer, config.model.max_length) if config.eval.final_full else None
+    return Federation(model, discover_units(model), client_data, test, val, text.label_names, settings, cost, budgets,
+                      full_test, majority_rate(text.test))
+
+
+def majority_rate(data: Dataset) -> float:
+    """Share of the most common label of a dataset (0-1)."""
+    return float(np.bincount(np.asarray(data["label"])).max() / len(data))
 
 
 def sample_clients(num_clients: int, per_round: int, seed: int, round_number: int) -> list[int]:
