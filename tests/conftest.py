@@ -6,7 +6,8 @@ import os
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel, LlamaConfig
+from transformers import LlamaForSequenceClassification
 from transformers import ViTConfig, ViTForImageClassification
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,3 +44,42 @@ def tiny_llama(layers: int = 3, labels: int = 3) -> torch.nn.Module:
                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
                          num_labels=labels, pad_token_id=0)
     return LlamaForSequenceClassification(config)
+
+
+def headless_bert(folder) -> None:
+    """A 2-block BERT encoder without a classification head (like the packaged MiniLM), MiniLM's tokenizer."""
+    from fedpilot.models.loading import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def tiny_run_config(base, out, name: str, *extra: str):
+    """Two rounds of 2 steps on 300 20 Newsgroups examples with the tiny encoder, 64 test examples per round
+    (the whole test split after the last), TensorBoard on."""
+    from fedpilot.config import load_config
+
+    return load_config(None, [
+        f"model.path={base}", "model.max_length=32", "data.max_train_examples=300", "clients.num_clients=3",
+        "clients.per_round=3", "train.rounds=2", "train.local_steps=2", "eval.max_examples=64", "output.tensorboard=true",
+        f"output.dir={out}", f"output.name={name}", *extra])
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """(config, run directory) of one finished tiny run, shared by the tests that read a run's model."""
+    from rich.console import Console
+
+    from fedpilot.engines.local import run_local
+
+    base = tmp_path_factory.mktemp("base")
+    headless_bert(base)
+    config = tiny_run_config(base, tmp_path_factory.mktemp("runs"), "tiny")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEDPILOT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        run_dir, _ = run_local(config, Console(quiet=True))
+    return config, run_dir

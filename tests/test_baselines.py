@@ -161,7 +161,7 @@ def test_fedra_weak_client_trains_only_units_it_can_afford():
 def test_engine_records_clients_a_strategy_leaves_out(tmp_path):
     config = load_config(None, [
         "data.max_train_examples=300", "clients.num_clients=3", "clients.per_round=3", "eval.max_examples=50",
-        "model.max_length=32", "train.rounds=1", "train.local_steps=1", "train.batch_size=4",
+        "eval.final_full=false", "model.max_length=32", "train.rounds=1", "train.local_steps=1", "train.batch_size=4",
         f"output.dir={tmp_path}", "output.name=exclusive", "strategy.name=exclusive",
         'clients.groups=[{share: 0.3334, memory: "95%"}, {share: 0.6666, memory: "100%"}]',
     ])
@@ -175,7 +175,7 @@ def test_engine_records_clients_a_strategy_leaves_out(tmp_path):
 def test_an_exclusive_run_that_nobody_qualifies_for_says_so_and_reports_no_accuracy(tmp_path):
     config = load_config(None, [
         "data.max_train_examples=300", "clients.num_clients=2", "clients.per_round=2", "eval.max_examples=50",
-        "model.max_length=32", "train.rounds=1", "train.local_steps=1", "train.batch_size=4",
+        "eval.final_full=false", "model.max_length=32", "train.rounds=1", "train.local_steps=1", "train.batch_size=4",
         f"output.dir={tmp_path}", "output.name=nobody", "strategy.name=exclusive",
         'clients.groups=[{share: 1.0, memory: "100%", upload: "1KiB"}]',
     ])

@@ -209,7 +209,7 @@ def test_compare_command_reports_a_bad_study_with_exit_code_2(tmp_path):
 @pytest.mark.slow
 def test_tiny_real_comparison_end_to_end_two_runs_at_once(tmp_path):
     overrides = ["train.rounds=1", "train.local_steps=2", "data.max_train_examples=300", "eval.max_examples=100",
-                 "model.max_length=48"]
+                 "eval.final_full=false", "model.max_length=48"]
     path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]}, base=str(REPO / "configs/hetero.yaml"),
                        overrides=overrides)
     console = Console(record=True, width=200)

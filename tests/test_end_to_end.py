@@ -18,7 +18,7 @@ def small_config(tmp_path, name: str, *extra: str):
     """3 clients on 810 of 900 training examples of 20 Newsgroups (90 held out for validation), 300 test examples."""
     return load_config(None, [
         "data.max_train_examples=900", "clients.num_clients=3", "clients.per_round=3", "eval.max_examples=300",
-        "model.max_length=48", f"output.dir={tmp_path}", f"output.name={name}", *extra,
+        "eval.final_full=false", "model.max_length=48", f"output.dir={tmp_path}", f"output.name={name}", *extra,
     ])
 
 

@@ -15,6 +15,7 @@ import torch
 from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
+from safetensors.torch import load_file
 
 from fedpilot.client import Plan
 from fedpilot.config import dump_config, load_config
@@ -26,7 +27,7 @@ from fedpilot.report.records import read_rounds
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["data.max_train_examples=300", "clients.num_clients=3", "clients.per_round=3", "eval.max_examples=60",
-        "model.max_length=32", "train.rounds=2", "train.local_steps=2", "train.batch_size=8"]
+        "eval.final_full=false", "model.max_length=32", "train.rounds=2", "train.local_steps=2", "train.batch_size=8"]
 HETERO = ["strategy.name=fedpilot", "clients.groups=[{share: 0.3334, memory: '85%', upload: '64KiB'}, "
           "{share: 0.3333, memory: '92%', upload: '160KiB'}, {share: 0.3333, memory: '100%', upload: '200KiB'}]"]
 
@@ -80,7 +81,10 @@ def test_local_and_flower_simulation_make_the_same_run(tmp_path):
     config = load_config(None, [*TINY, *HETERO, f"output.dir={tmp_path}", "output.name=same"])
     local_dir, local = run_local(config, Console(quiet=True))
     flower_dir, flower = run_flower(config, Console(quiet=True))
-    assert {p.name for p in flower_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json"}
+    assert {p.name for p in flower_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "model",
+                                                      "accuracy.png", "units.png"}
+    local_model, flower_model = (load_file(d / "model" / "adapter_model.safetensors") for d in (local_dir, flower_dir))
+    assert local_model.keys() == flower_model.keys()
     local_rounds, flower_rounds = read_rounds(local_dir), read_rounds(flower_dir)
     assert len(flower_rounds) == 2
     for ours, theirs in zip(local_rounds, flower_rounds, strict=True):

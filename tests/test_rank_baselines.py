@@ -255,8 +255,8 @@ def test_rank_baselines_are_registered():
 
 def base_overrides(tmp_path) -> list[str]:
     return ["data.max_train_examples=300", "clients.num_clients=3", "clients.per_round=3", "eval.max_examples=50",
-            "model.max_length=32", "train.rounds=2", "train.local_steps=2", "train.batch_size=4",
-            f"output.dir={tmp_path}"]
+            "eval.final_full=false", "model.max_length=32", "train.rounds=2", "train.local_steps=2",
+            "train.batch_size=4", f"output.dir={tmp_path}"]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from fedpilot.report.records import RunRecorder, fresh_run_dir, read_rounds
 
 runner = CliRunner()
 SMALL = ["data.max_train_examples=400", "clients.num_clients=4", "clients.per_round=3", "eval.max_examples=60",
-         "model.max_length=32", "train.local_steps=2", "train.batch_size=8"]
+         "eval.final_full=false", "model.max_length=32", "train.local_steps=2", "train.batch_size=8"]
 
 
 def without_times(value):

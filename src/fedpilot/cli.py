@@ -1,4 +1,5 @@
-"""`fedpilot` command line: run, compare, plot, profile, plan, data-stats, config, strategies.
+"""`fedpilot` command line: run, export, predict, evaluate, compare, plot, profile, plan, data-stats, config,
+strategies.
 
 Each command parses its options and calls one function; bad input exits with code 2, no traceback.
 Heavy libraries (torch, transformers, datasets, flwr) are imported inside the commands that use
@@ -132,6 +133,108 @@ def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOptio
     console.print(round_table(read_rounds(run_dir)))
     console.print(summary_table(summary))
     console.print(f"run directory: {run_dir}", soft_wrap=True, highlight=False)
+
+
+RunArgument = Annotated[Path, typer.Argument(help="run directory (runs/<name>)")]
+
+
+def run_errors() -> tuple[type[Exception], ...]:
+    """User errors of the commands that read a run directory (imported here: --help stays fast)."""
+    from fedpilot.models.export import ExportError
+    from fedpilot.report.checkpoint import CheckpointError
+
+    return (*user_errors(), ExportError, CheckpointError)
+
+
+@app.command()
+def export(
+    run_dir: RunArgument,
+    merged: Annotated[Optional[Path], typer.Option("--merged", help="write a plain Transformers folder (LoRA merged "
+                                                                    "into the weights, tokenizer) here instead")] = None,
+) -> None:
+    """Write a run's model/ (PEFT adapter folder) from its last checkpoint, or a merged Transformers folder."""
+    from fedpilot.report.export import export_run
+
+    try:
+        console.print(f"wrote {export_run(run_dir, merged)}", highlight=False)
+    except run_errors() as error:
+        fail(str(error))
+
+
+def load_run_model(run_dir: Path):
+    """The run's model (model/, else its last checkpoint), or a clean exit saying why there is none."""
+    from fedpilot.report.export import load_run_model as load
+
+    try:
+        return load(run_dir)
+    except run_errors() as error:
+        fail(str(error))
+
+
+@app.command()
+def predict(
+    run_dir: RunArgument,
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="a text to classify (repeatable)")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="a .csv or .parquet file of texts")] = None,
+    text_column: Annotated[Optional[str], typer.Option("--text-column", help="the file's text column; "
+                                                                             "default the run's data.text_column")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="CSV to write (text, label, probability)")] = None,
+    batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 64,
+) -> None:
+    """Label name and probability for each text, from a run's model."""
+    from rich.table import Table
+
+    from fedpilot.report.export import run_config
+    from fedpilot.report.predict import class_probabilities, predictions, probabilities_with_progress, read_texts
+
+    if (text is None) == (file is None):
+        fail("give either --text (repeatable) or --file")
+    run_model = load_run_model(run_dir)
+    if file is None:
+        probabilities = class_probabilities(run_model, text, batch_size)
+    else:
+        try:
+            texts = read_texts(file, text_column or run_config(run_dir).data.text_column)
+        except run_errors() as error:
+            fail(str(error))
+        probabilities = probabilities_with_progress(run_model, texts, batch_size, console)
+    rows = predictions(run_model, text or texts, probabilities)
+    if out is not None:
+        rows.to_csv(out, index=False)
+        console.print(f"wrote {len(rows)} predictions to {out}", highlight=False)
+        return
+    table = Table("text", "label", "probability")
+    for row in rows.itertuples():
+        table.add_row(row.text if len(row.text) <= 80 else row.text[:77] + "...", row.label, f"{row.probability:.1%}")
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    run_dir: RunArgument,
+    data: Annotated[Optional[str], typer.Option("--data", help="a packaged dataset or a labelled .csv/.parquet file; "
+                                                               "default the run's data")] = None,
+    split: Annotated[str, typer.Option("--split", help="test or val (of the run's or a packaged dataset)")] = "test",
+    out: Annotated[Optional[Path], typer.Option("--out", help="folder for the JSON and PNG; default RUN/eval")] = None,
+    batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 64,
+) -> None:
+    """Accuracy, macro-F1 and per-class metrics of a run's model (table, JSON, confusion-matrix PNG)."""
+    from fedpilot.report.evaluate import classification_metrics, label_ids, labelled_data, metrics_table, write_results
+    from fedpilot.report.export import run_config
+    from fedpilot.report.predict import probabilities_with_progress
+
+    run_model = load_run_model(run_dir)
+    names = run_model.label_names
+    try:
+        examples = labelled_data(run_config(run_dir), data, split)
+        truth = label_ids(examples.labels, names)
+    except run_errors() as error:
+        fail(str(error))
+    predicted = probabilities_with_progress(run_model, examples.texts, batch_size, console).argmax(-1).numpy()
+    metrics = classification_metrics(truth, predicted, names)
+    console.print(metrics_table(metrics, f"{run_dir}: {examples.name}"))
+    written = write_results(metrics, names, out or run_dir / "eval", examples.name)
+    console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
 
 @app.command()

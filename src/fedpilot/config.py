@@ -190,11 +190,14 @@ class EvalConfig(_Section):
     every: int = Field(1, gt=0, description="evaluate the global model every N rounds (and after the last)")
     max_examples: int | None = Field(1000, gt=0, description="fixed seeded test subset; None = whole test split")
     batch_size: int = Field(128, gt=0, description="examples per evaluation forward pass")
+    final_full: bool = Field(True, description="after the last round, evaluate the global model on the whole test "
+                                               "split too (summary.json final_test_accuracy_full); false skips it")
 
 
 class OutputConfig(_Section):
     dir: str = Field("runs", description="parent folder of run directories")
     name: str | None = Field(None, description="run directory name; default <strategy>-<dataset>-<partition>-s<seed>")
+    tensorboard: bool = Field(False, description="log per-round metrics for TensorBoard into runs/<name>/tb/")
 
 
 class Config(_Section):

@@ -43,6 +43,10 @@ class Federation:
     settings: TrainSettings
     profile: CostProfile
     budgets: list[ClientBudget]
+    full_test_data: Dataset | None = None
+    """The whole test split (tokenized) for the final evaluation; None when `eval.final_full` is off."""
+    test_majority_rate: float = 0.0
+    """Share of the most common label in the whole test split (what always guessing it scores)."""
 
     @property
     def excluded(self) -> list[int]:
@@ -114,7 +118,14 @@ def build_federation(config: Config) -> Federation:
     train_cfg = config.train
     settings = TrainSettings(train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay,
                              train_cfg.precision, train_cfg.device)
-    return Federation(model, discover_units(model), client_data, test, val, text.label_names, settings, cost, budgets)
+    full_test = tokenize(text.test, tokenizer, config.model.max_length) if config.eval.final_full else None
+    return Federation(model, discover_units(model), client_data, test, val, text.label_names, settings, cost, budgets,
+                      full_test, majority_rate(text.test))
+
+
+def majority_rate(data: Dataset) -> float:
+    """Share of the most common label of a dataset (0-1)."""
+    return float(np.bincount(np.asarray(data["label"])).max() / len(data))
 
 
 def profile_budgets(config: Config, num_labels: int) -> tuple[CostProfile, list[ClientBudget]]:

@@ -25,6 +25,9 @@ from fedpilot.federation import Federation, build_federation, sample_clients
 from fedpilot.models.units import UnitMap, load_adapter_state
 from fedpilot.report.budget_table import budget_table
 from fedpilot.report.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from fedpilot.report.export import write_run_model
+from fedpilot.report.run_plots import plot_run_accuracy, plot_units
+from fedpilot.report.tensorboard import RoundBoard
 from fedpilot.report.records import RunRecorder, fresh_run_dir, read_rounds, summarize
 from fedpilot.strategies import StrategyContext, make_strategy
 from fedpilot.strategies.base import State, Strategy
@@ -151,6 +154,8 @@ class RoundServer:
         self.state: State = federation.initial_state()
         self.rounds: list[dict[str, Any]] = []
         self.started, self.offset = time.perf_counter(), 0.0
+        units = len(federation.unit_map.units)
+        self.board = RoundBoard(recorder.run_dir / "tb", units) if config.output.tensorboard else None
 
     def resume(self) -> None:
         """Continue after the last checkpointed round; records of later rounds are dropped."""
@@ -254,12 +259,47 @@ class RoundServer:
         record.update(round_seconds=time.perf_counter() - current.started,
                       wall_seconds=self.offset + time.perf_counter() - self.started)
         self.recorder.log_round(record)
+        if self.board is not None:
+            self.board.log_round(record)
         self.rounds.append(record)
         save_checkpoint(self.recorder.run_dir, current.number, self.state, *self.strategy.state())
 
+    def final_evaluation(self, trained: bool) -> dict[str, Any]:
+        """Summary fields of the last global model on the whole test split, the size of the per-round test set
+        and the split's majority-class rate.
+
+        `*_full` fields are None when `eval.final_full` is off or no client ever trained; when the per-round
+        set already is the whole split, the last round's numbers are reused.
+        """
+        federation, cfg = self.federation, self.config
+        full, last = federation.full_test_data, self.rounds[-1] if self.rounds else {}
+        fields: dict[str, Any] = {"round_test_examples": len(federation.test_data),
+                                  "test_majority_rate": federation.test_majority_rate, "test_examples_full": None,
+                                  "final_test_accuracy_full": None, "final_test_loss_full": None}
+        if full is None or not trained:
+            return fields
+        if len(full) == len(federation.test_data) and last.get("test_accuracy") is not None:
+            metrics = {"accuracy": last["test_accuracy"], "loss": last["test_loss"]}
+        else:
+            self.console.print(f"evaluating the final model on the whole test split ({len(full)} examples)")
+            load_adapter_state(federation.model, self.state)
+            metrics = evaluate(federation.model, full, cfg.eval.batch_size, cfg.train.precision, cfg.train.device)
+        return {**fields, "test_examples_full": len(full), "final_test_accuracy_full": metrics["accuracy"],
+                "final_test_loss_full": metrics["loss"]}
+
     def finish(self) -> dict[str, Any]:
-        """The run's summary, also written to summary.json."""
+        """Evaluate on the whole test split, write the run's model (`model/`), figures and TensorBoard log, then
+        its summary (summary.json, last: it marks the run finished); returns the summary."""
         summary = summarize(self.rounds, self.offset + time.perf_counter() - self.started)
+        summary.update(self.final_evaluation(summary["trained_client_rounds"] > 0),
+                       label_names=self.federation.label_names)
+        run_dir = self.recorder.run_dir
+        last_round = self.rounds[-1]["round"] if self.rounds else 0
+        write_run_model(run_dir, self.config, self.state, self.federation.label_names, last_round)
+        plot_run_accuracy(self.rounds, self.federation.test_majority_rate, run_dir / "accuracy.png")
+        plot_units(self.rounds, run_dir / "units.png")
+        if self.board is not None:
+            self.board.close()
         self.recorder.write_summary(summary)
         return summary
 

@@ -21,24 +21,33 @@ def round_table(rounds: list[dict[str, Any]]) -> Table:
             continue
         losses = [c["loss"] for c in record["clients"] if "loss" in c]
         client_loss = f"{np.mean(losses):.3f}" if losses else "-"
-        val = f"{record['val_accuracy']:.4f}" if record.get("val_accuracy") is not None else "-"
-        table.add_row(str(record["round"]), f"{record['test_accuracy']:.4f}", val, f"{record['test_loss']:.4f}",
+        val = f"{record['val_accuracy']:.1%}" if record.get("val_accuracy") is not None else "-"
+        table.add_row(str(record["round"]), f"{record['test_accuracy']:.1%}", val, f"{record['test_loss']:.4f}",
                       client_loss, f"{record['round_seconds']:.1f}")
     return table
 
 
+def percent(value: float | None) -> str:
+    """A 0-1 fraction in percent with one decimal ("59.3%"), or "-" when missing."""
+    return "-" if value is None else f"{value:.1%}"
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
-    """Final and best accuracy and wall time of a run (its directory is printed apart, never wrapped)."""
+    """Final accuracy (per-round test set, and the whole test split), best accuracy, majority rate, wall time
+    of a run (its directory is printed apart, never wrapped)."""
     table = Table(title="summary")
-    table.add_column("final acc", justify="right")
-    table.add_column("best acc (round)", justify="right")
-    table.add_column("wall time", justify="right")
+    for column in ("final acc", "whole test split", "best acc (round)", "majority class", "wall time"):
+        table.add_column(column, justify="right")
+    majority, wall = percent(summary.get("test_majority_rate")), f"{summary['wall_seconds']:.0f} s"
     if summary["final_accuracy"] is None:
-        table.add_row("n/a", "n/a", f"{summary['wall_seconds']:.0f} s")
+        table.add_row("n/a", "n/a", "n/a", majority, wall)
         table.caption = summary.get("note")
         return table
-    table.add_row(f"{summary['final_accuracy']:.4f}", f"{summary['best_accuracy']:.4f} ({summary['best_round']})",
-                  f"{summary['wall_seconds']:.0f} s")
+    full = percent(summary.get("final_test_accuracy_full"))
+    if summary.get("test_examples_full"):
+        full += f" (n={summary['test_examples_full']})"
+    table.add_row(percent(summary["final_accuracy"]) + f" (n={summary.get('round_test_examples', '?')})", full,
+                  f"{percent(summary['best_accuracy'])} ({summary['best_round']})", majority, wall)
     return table
 
 
