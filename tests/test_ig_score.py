@@ -210,3 +210,29 @@ def test_round_zero_has_no_bonus_and_unknown_scores_count_zero():
     assert combined_values([0, 1], {}, {}, [0, 0], 0, lam=0.5, beta=1.0).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="lam"):
         combined_values([0], {}, {}, [0], 1, lam=1.5, beta=0.0)
+
+
+def test_client_scores_are_taken_in_eval_mode_so_dropout_does_not_change_them():
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from fedpilot.client import ScoreSettings, TrainSettings, score_client
+
+    data = Dataset.from_dict({"input_ids": torch.randint(1, 100, (40, 10), generator=torch.Generator().manual_seed(0)).tolist(),
+                              "label": [i % 3 for i in range(40)]}).with_format("torch")
+    settings = TrainSettings(4, 1e-3, 0.0, "fp32", "cpu")
+    scoring = ScoreSettings(examples=8, ranks=(2, 4), kind="product", unbiased=True, scale=2.0, local_steps=2)
+    scores = []
+    for dropout in (0.0, 0.5):  # the same weights (dropout has none); in train mode the scores would differ
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=64, num_labels=3,
+                            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        model = add_lora(BertForSequenceClassification(config), rank=4, alpha=8, dropout=0.0, targets=["query"])
+        unit_map = discover_units(model)
+        state = {k: p.detach().clone() for k, p in model.named_parameters() if k in unit_map.keys_of([0, 1])}
+        scores.append(score_client(model, unit_map, state, (0, 1), data, settings, scoring, 4, seed=7))
+        assert not model.training
+    assert set(scores[0]) == {0, 1} and len(scores[0][0]) == 2
+    for j in (0, 1):
+        assert scores[1][j] == pytest.approx(scores[0][j], rel=1e-6)
