@@ -69,8 +69,60 @@ def test_an_upload_bound_client_covers_every_unit_at_a_lower_rank():
     # memory at rank 2 saves 6/8 of each unit's state (2 MiB) and LoRA weights (1000 B)
     assert plan.estimated_bytes == mem_of(PROFILE, (0, 1, 2, 3)) - (4 * 6 * (2 * MiB + 1000)) // 8
     # with linear shares (no scores: r / 8) one full-rank unit ties four at rank 2 and costs less memory
-    strategy.receive_scores(2, {})
     assert make_strategy("fedpilot", context(budgets, "strategy.value=uniform")).assign(2, [0])[0].ranks is None
+
+
+def test_mixed_rank_plans_never_exceed_their_budgets():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    full = mem_of(PROFILE, range(N))
+    for trial in range(200):
+        budgets = [ClientBudget(0, int(rng.uniform(PROFILE.fixed_mem, 1.2 * full)),
+                                None if trial % 3 == 0 else int(rng.uniform(0, 4500)))]
+        strategy = make_strategy("fedpilot", context(budgets, "strategy.value=random"))
+        plan = strategy.assign(trial + 1, [0])[0]
+        assert plan.estimated_bytes <= budgets[0].memory
+        assert budgets[0].upload is None or plan.upload_bytes <= budgets[0].upload
+        assert plan.ranks is None or (len(plan.ranks) == len(plan.units) and set(plan.ranks) <= {2, 4, 8})
+
+
+def test_mean_normalisation_treats_equal_scores_equally_whatever_a_client_can_afford():
+    budgets = [ClientBudget(0, 10**12, None)] * 3
+    reports = {0: {j: (1.0, 1.0, 1.0) for j in range(N)}, 1: {3: (1.0,) * 3}, 2: {3: (1.0,) * 3}}
+    scores = {}
+    for norm in ("report", "mean"):
+        strategy = make_strategy("fedpilot", context(budgets, f"strategy.global_norm={norm}"))
+        strategy.receive_scores(1, reports)
+        strategy.update_global_scores()
+        scores[norm] = strategy.global_scores
+    assert scores["mean"] == pytest.approx({j: 1.0 for j in range(N)})
+    # sum to 1: unit 3 gets (1/4 + 1 + 1) / 3 = 0.75 against 1/4 for units only client 0 reported
+    assert scores["report"] == pytest.approx({0: 0.25, 1: 0.25, 2: 0.25, 3: 0.75})
+
+
+def test_product_merge_with_a_lower_rank_client_survives_a_checkpoint():
+    torch.manual_seed(0)
+    budgets = [ClientBudget(0, 10**12, None)] * 2
+    keys = [k for u in UNIT_MAP.units for k in u.lora_keys]
+    state = {k: torch.randn(4, 6) if "lora_A" in k else torch.zeros(5, 4) for k in keys}
+    state["classifier.weight"] = torch.zeros(2)
+    low = {"layer.3.lora_A": torch.randn(2, 6), "layer.3.lora_B": torch.randn(5, 2), "classifier.weight": torch.ones(2)}
+    full = {"layer.3.lora_A": torch.randn(4, 6), "layer.3.lora_B": torch.randn(5, 4), "classifier.weight": torch.ones(2)}
+    results = []
+    for resume in (False, True):
+        strategy = make_strategy("fedpilot", context(budgets, "strategy.value=uniform"))
+        strategy.assign(1, [0, 1])
+        new, metrics = strategy.aggregate(1, state, [ClientUpdate(0, low, 10), ClientUpdate(1, full, 10)])
+        assert new["layer.3.lora_A"].shape == (4, 6) and metrics["units"][3]["coverage"] == 2
+        assert torch.equal(new["layer.0.lora_A"], state["layer.0.lora_A"])  # untrained: unchanged factors
+        if resume:
+            restored = make_strategy("fedpilot", context(budgets, "strategy.value=uniform"))
+            restored.restore(*strategy.state())
+            strategy = restored
+        strategy.assign(2, [0, 1])
+        results.append(strategy.aggregate(2, new, [ClientUpdate(0, {k: v + 0.1 for k, v in low.items()}, 10)])[0])
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
 
 
 def test_the_global_only_value_still_asks_for_scores_so_the_global_score_forms():

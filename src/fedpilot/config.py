@@ -156,8 +156,9 @@ class StrategyConfig(_Section):
     score_estimate: Literal["unbiased", "plain"] = Field(
         "unbiased", description="fedpilot IG-Score estimate: inner product of two half-set gradients, or the "
                                 "squared norm of one mean gradient (inflated by gradient noise)")
-    global_norm: Literal["report", "none"] = Field(
-        "report", description="fedpilot global IG-Score: normalise each client's report to sum 1, or raw scores")
+    global_norm: Literal["report", "mean", "none"] = Field(
+        "report", description="fedpilot global IG-Score: each client's report normalised to sum 1 (favours units "
+                              "many clients can afford), to mean 1 over its units, or raw scores")
     bonus: bool = Field(True, description="fedpilot: exploration bonus for rarely trained units")
     aggregation: Literal["stagg", "spatial"] = Field("stagg", description="fedpilot: STAgg, or spatial-only")
     dwa: bool = Field(True, description="fedpilot: dynamic weight average of unit update rates")
@@ -175,7 +176,8 @@ class StrategyConfig(_Section):
                                "separately")
     ranks: list[int] | None = Field(
         None, description="fedpilot rank options of the knapsack (each unit skipped or trained at one); "
-                          "None = {r/4, r/2, r} of lora.rank; [r] = every unit at full rank")
+                          "None = {r/4, r/2, r} of lora.rank; [r] = every unit at full rank; values and "
+                          "IG-Score shares are relative to the largest option")
     lam: float = Field(0.5, ge=0, le=1, description="weight of the local IG-Score against the global one")
     beta: float = Field(0.1, ge=0, description="weight of the exploration bonus")
     rho: float = Field(0.5, ge=0, lt=1, description="EMA factor of the global IG-Score")

@@ -27,14 +27,20 @@ Ranks: with rank options r_1 < ... < r_m = r, Gamma_ij(r_c) scores the unit trai
 r_c components (A[:r_c], B[:, :r_c]; `models/rank.py`), so each option is valued by what it can move.
 
 Global: G_j = rho * G_j + (1 - rho) * sum_i n_i Gamma~_ij / sum_i n_i over the clients that scored j
-this round (the first report initialises G_j), with Gamma~_ij = max(Gamma_ij, 0) / sum_k max(Gamma_ik, 0)
-each client's report normalised to sum 1 (`strategy.global_norm: report`), so no client's loss scale
-dominates; `none` takes the raw scores (the design's form). It covers units weak clients cannot score.
+this round (the first report initialises G_j), with each client's report normalised so that no
+client's loss scale dominates (`strategy.global_norm`):
+- report: Gamma~_ij = max(Gamma_ij, 0) / sum_{k in A_i} max(Gamma_ik, 0), the report sums to 1. This
+  also favours units that many clients can afford: a weak client reporting 2 units gives each about
+  1/2, a strong one reporting 6 about 1/6, so equal true scores come out unequal;
+- mean: the same divided by |A_i| (the report averages 1 over its units), which treats equal true
+  scores equally whatever a client can afford;
+- none: the raw scores (the design's form).
+Non-finite scores count as missing. The global score covers units weak clients cannot score.
 
 Combined: v_ij = lam * Gamma_ij / sum_{k in A_i} Gamma_ik + (1 - lam) * G_j / sum_{k in A_i} G_k
                + beta * sqrt(ln(t + 1) / (1 + n_j)),
 over the client's affordable units A_i, with n_j the rounds in which any client trained unit j (an
-exploration bonus; round 0 has no scores, so the bonus alone decides). At rank option c the value
+exploration bonus; it is 0 in round 0 and grows with ln(t + 1)). At rank option c the value
 is v_ij * Gamma_ij(r_c) / Gamma_ij(r) (clipped to [0, 1] and non-decreasing in c), or r_c / r when
 the client has no positive score for j.
 """
@@ -55,7 +61,7 @@ LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 Batches = Sequence[dict[str, torch.Tensor]]
 Grads = dict[str, torch.Tensor]
 Scores = dict[int, tuple[float, ...]]
-"""unit -> its score at each rank option (ascending; the last is the full rank)."""
+"""unit -> its score at each rank option (ascending; the last is the largest option, the full rank by default)."""
 SCORE_KINDS = ("product", "factors")
 
 
@@ -147,21 +153,22 @@ def _rank_of(params: Mapping[str, torch.Tensor], unit_map: UnitMap, units: Seque
 
 
 def full_rank_scores(scores: Mapping[int, Sequence[float]]) -> dict[int, float]:
-    """Each unit's score at its largest rank option (the last)."""
-    return {j: float(values[-1]) for j, values in scores.items()}
+    """Each unit's score at its largest rank option (the last); units with a non-finite score are left out."""
+    return {j: float(values[-1]) for j, values in scores.items() if math.isfinite(values[-1])}
 
 
-def normalised_report(scores: Mapping[int, float]) -> dict[int, float]:
-    """max(score, 0) / the sum of a report's positive scores (all zero when none is positive)."""
+def normalised_report(scores: Mapping[int, float], per_unit: bool = False) -> dict[int, float]:
+    """max(score, 0) / the sum of a report's positive scores (all zero when none is positive); with
+    `per_unit`, times the number of units reported (the report then averages 1)."""
     positive = {j: max(v, 0.0) for j, v in scores.items()}
-    total = sum(positive.values())
+    total = sum(positive.values()) / (len(positive) if per_unit else 1)
     return {j: v / total if total > 0 else 0.0 for j, v in positive.items()}
 
 
 def rank_shares(scores: Sequence[float] | None, ranks: Sequence[int]) -> np.ndarray:
     """Share of a unit's full-rank value each rank option keeps: Gamma(r_c) / Gamma(r) clipped to [0, 1]
-    and made non-decreasing, or r_c / r without a positive full-rank score."""
-    if scores is None or scores[-1] <= 0:
+    and made non-decreasing, or r_c / r without a positive, finite full-rank score."""
+    if scores is None or not np.all(np.isfinite(scores)) or scores[-1] <= 0:
         return np.asarray(ranks, dtype=float) / ranks[-1]
     shares = np.clip(np.asarray(scores, dtype=float) / scores[-1], 0.0, 1.0)
     return np.maximum.accumulate(shares)

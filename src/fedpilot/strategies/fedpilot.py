@@ -185,12 +185,13 @@ class FedPilot(Strategy):
                        "global_scores": {j: self.global_scores[j] for j in sorted(self.global_scores)}}
 
     def update_global_scores(self) -> None:
-        """Fold this round's local full-rank scores (normalised per report, or raw) into the global EMA."""
-        sizes = self.context.client_sizes
+        """Fold this round's local full-rank scores (normalised per report, or raw) into the global EMA,
+        clients in id order (so both engines sum them alike)."""
+        sizes, norm = self.context.client_sizes, self.options.global_norm
         reports = []
-        for client, scores in self.local_scores.items():
-            full = full_rank_scores(scores)
+        for client in sorted(self.local_scores):
+            full = full_rank_scores(self.local_scores[client])
             if full:
-                reports.append((normalised_report(full) if self.options.global_norm == "report" else full,
+                reports.append((full if norm == "none" else normalised_report(full, per_unit=norm == "mean"),
                                 sizes[client]))
         self.global_scores = update_global(self.global_scores, reports, self.options.rho)
