@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedpilot.report.paired import paired_csv, paired_markdown, paired_rows, t_interval, verdict
+from fedpilot.report.paired import paired_csv, paired_markdown, paired_rows, pooled_rows, t_interval, verdict
 
 ACC = {
     ("20ng", "iid", "fedpilot"): {0: 0.40, 1: 0.30, 2: 0.35},
@@ -49,3 +49,12 @@ def test_csv_has_interval_columns_and_empty_bounds_for_one_seed():
     lines = paired_csv(paired_rows(ACC, "fedpilot")).splitlines()
     assert lines[0] == "dataset,partition,method,seeds,mean_diff,ci_low,ci_high,verdict"
     assert lines[2].startswith("20ng,iid,fedra,1,") and lines[2].endswith(",,,tie")
+
+
+def test_pooled_rows_join_every_partition_and_seed_of_a_dataset():
+    accuracies = {**ACC, ("20ng", "dir", "fedpilot"): {0: 0.30, 1: 0.20}, ("20ng", "dir", "top-k"): {0: 0.33, 1: 0.22}}
+    pooled = {row["method"]: row for row in pooled_rows(paired_rows(accuracies, "fedpilot"))}
+    top = pooled["top-k"]
+    assert top["partition"] == "all" and top["diffs"] == pytest.approx([0.02, 0.01, -0.01, 0.03, 0.02])
+    assert (top["ci_low"], top["ci_high"]) == pytest.approx(t_interval([0.02, 0.01, -0.01, 0.03, 0.02]))
+    assert top["ahead"] == 4 and len(top["seeds"]) == 5

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from fedpilot.config import dump_config
 from fedpilot.engines.local import resume_local, run_local
-from fedpilot.report.paired import paired_csv, paired_markdown, paired_rows
+from fedpilot.report.paired import paired_csv, paired_markdown, paired_rows, pooled_rows
 from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
 from fedpilot.report.records import read_rounds
 from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, select_runs
@@ -275,11 +275,14 @@ def seed_accuracies(groups: dict[tuple[str, str, str], list[RunResult]], key: st
 
 
 def paired_texts(groups: dict[tuple[str, str, str], list[RunResult]], anchor: str) -> dict[str, str]:
-    """paired.md (validation, where the runs have it, then test) and paired.csv (test) against `anchor`."""
+    """paired.md (validation, where the runs have it, then test; each per setting and pooled over a dataset's
+    partitions) and paired.csv (test) against `anchor`."""
     test_rows = paired_rows(seed_accuracies(groups, "final_accuracy"), anchor)
     val_rows = paired_rows(seed_accuracies(groups, "final_val_accuracy"), anchor)
-    sections = [paired_markdown(val_rows, anchor, "final validation accuracy")] if val_rows else []
-    sections.append(paired_markdown(test_rows, anchor, "final test accuracy"))
+    sections = []
+    for rows, metric in ((val_rows, "final validation accuracy"), (test_rows, "final test accuracy")):
+        if rows:
+            sections.append(paired_markdown(rows + pooled_rows(rows), anchor, metric))
     texts = {"paired.md": "\n\n".join(sections), "paired.csv": paired_csv(test_rows)}
     if val_rows:
         texts["paired-val.csv"] = paired_csv(val_rows)

@@ -65,6 +65,23 @@ def paired_rows(accuracies: Accuracies, anchor: str) -> list[dict[str, Any]]:
     return rows
 
 
+def pooled_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dataset, method): the paired differences of every partition and seed together, with their t
+    interval and verdict (more pairs, a narrower interval; partition `all`)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["method"]), []).append(row)
+    pooled = []
+    for (dataset, method), members in groups.items():
+        diffs = [d for row in members for d in row["diffs"]]
+        low, high = t_interval(diffs)
+        pooled.append({"dataset": dataset, "partition": "all", "method": method,
+                       "seeds": [s for row in members for s in row["seeds"]], "diffs": diffs,
+                       "mean_diff": float(np.mean(diffs)), "ci_low": low, "ci_high": high,
+                       "verdict": verdict(low, high), "ahead": sum(d > 0 for d in diffs)})
+    return pooled
+
+
 def _points(value: float | None) -> str:
     """A difference in accuracy points with its sign, or n/a."""
     return "n/a" if value is None else f"{100 * value:+.1f}"
