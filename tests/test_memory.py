@@ -124,7 +124,7 @@ def test_deep_profile_extended_from_shallow_copies_equals_every_block_measured(n
 
 
 def layered_profile(n: int) -> CostProfile:
-    """The synthetic profile of n blocks, 1 MiB of frozen weights per block, the lowest unit's LoRA saving twice as much."""
+    """The synthetic profile of n blocks with 1 MiB of frozen weights per block; the lowest unit's LoRA saves 2 MiB."""
     cost = synthetic_profile(n)
     return replace(cost, frozen=cost.frozen + n * MiB, lora=(2 * MiB,) + cost.lora[1:])
 
