@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,12 @@ from transformers import BertConfig, LlamaConfig, PretrainedConfig, ViTConfig
 
 from fedpilot.memory.build import build_model, is_image_model, load_model_config, make_batch
 from fedpilot.memory.cost import BudgetError, CostProfile, GiB, MiB, cache_dir, load_profile, mem_of
+from fedpilot.memory.depth import PER_UNIT, depth_of, extend, truncated
 from fedpilot.memory.cost import parse_budget
 from fedpilot.memory.gpus import GPUS, usable_gpu_bytes
 from fedpilot.memory.plot import profile_table, run_profile_command, write_profile_report
 from fedpilot.memory.profiler import AllocationMeter, ProfileError, SavedBytesMeter, measure_plans, measure_step
-from fedpilot.memory.profiler import profile
+from fedpilot.memory.profiler import measure_blocks, measure_profile, profile
 from fedpilot.models.units import set_trainable
 
 CONFIGS = {
@@ -103,6 +105,59 @@ def test_activations_scale_linearly_with_batch(name, folders):
     batch = make_batch(config, 4, SEQ)
     for units in [(0, 2), (1,), (0, 1, 2)]:
         assert mem_of(scaled, units) - scaled.peak == measure_step(model, unit_map, units, batch).measured
+
+
+@pytest.mark.parametrize(("name", "depth", "dtype", "device"), [
+    ("bert", 6, "fp32", "meta"), ("bert", 8, "bf16", "meta"), ("vit", 7, "fp32", "meta"), ("vit", 8, "fp32", "meta"),
+    ("llama", 6, "bf16", "meta"), ("llama", 8, "fp32", "meta"), ("llama", 13, "fp32", "meta"),
+    ("bert", 7, "amp-bf16", "cpu"),
+])
+def test_deep_profile_extended_from_shallow_copies_equals_every_block_measured(name, depth, dtype, device):
+    config = CONFIGS[name]()
+    config.num_hidden_layers, config.num_labels = depth, 2
+    config.pad_token_id = config.pad_token_id or 0
+    args = (config, 3, length_of(config), dtype, 4, ("q_proj", "v_proj") if name == "llama" else ("query", "value"),
+            device, name)
+    extended, measured = measure_profile(*args), measure_blocks(*args)
+    assert extended == measured
+    assert extended.num_units == depth and len(set(extended.path)) == depth
+
+
+def layered_profile(n: int) -> CostProfile:
+    """The synthetic profile of n blocks with 1 MiB of frozen weights per block; the lowest unit's LoRA saves 2 MiB."""
+    cost = synthetic_profile(n)
+    return replace(cost, frozen=cost.frozen + n * MiB, lora=(2 * MiB,) + cost.lora[1:])
+
+
+@pytest.mark.parametrize("depth", [4, 5, 9])
+def test_extend_keeps_top_units_and_moves_the_rest_by_one_block_each(depth):
+    assert extend(layered_profile(3), layered_profile(4), depth) == layered_profile(depth)
+    with pytest.raises(ValueError, match="cannot extend"):
+        extend(layered_profile(4), layered_profile(3), depth)
+
+
+def test_deep_profile_is_measured_whole_when_shallow_copies_do_not_predict_it(monkeypatch):
+    config = CONFIGS["llama"]()
+    config.num_hidden_layers, config.num_labels = 6, 2
+
+    def odd_at_five(full: PretrainedConfig, depth: int) -> PretrainedConfig:
+        short = truncated(full, depth)
+        short.intermediate_size += 8 * (depth == 5)
+        return short
+
+    monkeypatch.setattr("fedpilot.memory.profiler.truncated", odd_at_five)
+    args = (config, 2, SEQ, "fp32", 4, ("q_proj", "v_proj"), "meta", "llama")
+    assert measure_profile(*args) == measure_blocks(*args)
+
+
+def test_depth_and_truncated_copies():
+    config = CONFIGS["llama"]()
+    assert depth_of(config) == 3 and truncated(config, 2).num_hidden_layers == 2 == depth_of(truncated(config, 2))
+    assert config.num_hidden_layers == 3
+    config.layer_types = ["full_attention", "sliding_attention", "full_attention"]
+    assert depth_of(config) is None
+    config.layer_types = ["full_attention"] * 3
+    assert truncated(config, 2).layer_types == ["full_attention"] * 2
 
 
 def test_bf16_autocast_profile_matches_measurement_on_cpu(folders):

@@ -4,7 +4,8 @@ One real step (forward, loss, backward, AdamW step) per measured set of units, u
 of `fedpilot.memory.meters`: saved activations (each storage once, weights excluded), gradients,
 AdamW moments and the allocation peak, split into the terms of `fedpilot.memory.cost`. On the
 `meta` device, where `fedpilot.memory.meta` makes a step save exactly what it saves on CPU, a 7B
-model is profiled with no memory and no compute.
+model is profiled with no memory and no compute. A deep model is measured as shallow copies of
+itself and extended to its depth (`fedpilot.memory.depth`), where that is exact.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ from transformers import PretrainedConfig
 from fedpilot.memory.build import AUTOCAST, DTYPES, build_model, default_targets_of, is_image_model, load_model_config
 from fedpilot.memory.build import make_batch
 from fedpilot.memory.cost import CostProfile, cache_path, load_profile, save_profile
+from fedpilot.memory.depth import depth_of, extend, truncated
 from fedpilot.memory.meta import meta_like_cpu
 from fedpilot.memory.meters import AllocationMeter, SavedBytesMeter, SavedStorage
 from fedpilot.models.loading import ModelError
 from fedpilot.models.units import UnitMap, set_trainable
 
 DEVICES = ("cpu", "meta")
+
+SHALLOW = 3
+"""Blocks of the shallowest copy `measure_profile` measures of a deep model."""
 
 
 class ProfileError(ModelError):
@@ -204,7 +209,26 @@ def profile(model: str, batch: int, seq: int = 128, image_size: int | None = Non
 
 def measure_profile(config: PretrainedConfig, batch: int, length: int, dtype: str, rank: int,
                     targets: tuple[str, ...], device: str, model: str) -> CostProfile:
-    """Build the model and run the steps of a profile (see `profile`); `model` names it in the result."""
+    """The profile of `profile`; `model` names it in the result.
+
+    A model of more than SHALLOW + 2 identical blocks is measured as copies of SHALLOW, SHALLOW + 1 and
+    SHALLOW + 2 blocks and extended to its depth (`fedpilot.memory.depth`), provided the first two
+    predict the third exactly; otherwise, and for shallower models, every block is measured.
+    """
+    depth = depth_of(config)
+    if depth is None or depth <= SHALLOW + 2:
+        return measure_blocks(config, batch, length, dtype, rank, targets, device, model)
+    depths = range(SHALLOW, SHALLOW + 3)
+    low, mid, high = (measure_blocks(truncated(config, d), batch, length, dtype, rank, targets, device, model)
+                      for d in depths)
+    if [p.num_units for p in (low, mid, high)] != list(depths) or extend(low, mid, SHALLOW + 2) != high:
+        return measure_blocks(config, batch, length, dtype, rank, targets, device, model)
+    return extend(mid, high, depth)
+
+
+def measure_blocks(config: PretrainedConfig, batch: int, length: int, dtype: str, rank: int,
+                   targets: tuple[str, ...], device: str, model: str) -> CostProfile:
+    """Build the whole model and run the steps of a profile (see `profile`) through every block."""
     net, unit_map = build_model(config, dtype, rank, targets, device)
     steps = measure_plans(net, unit_map, config, batch, length, dtype, device)
     worst = plans(len(unit_map.units))[max(range(len(steps)), key=lambda i: steps[i].transient)]
