@@ -45,8 +45,9 @@ def test_config_does_not_import_the_strategies():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
-def test_rank_options_default_to_quarter_half_and_full_rank_and_must_fit_the_lora_rank():
-    assert load_config(None, ["lora.rank=8"]).rank_options() == (2, 4, 8)
+def test_rank_options_default_to_the_full_rank_and_must_fit_the_lora_rank():
+    assert load_config(None, ["lora.rank=8"]).rank_options() == (8,)
+    assert load_config(None, ["lora.rank=8", "strategy.ranks=[2, 4, 8]"]).rank_options() == (2, 4, 8)
     assert load_config(None, ["lora.rank=8", "strategy.ranks=[8, 4, 4]"]).rank_options() == (4, 8)
     with pytest.raises(ConfigError, match=r"strategy.ranks \[16\] must be non-empty ranks in 1..lora.rank \(8\)"):
         load_config(None, ["lora.rank=8", "strategy.ranks=[16]"])

@@ -61,7 +61,8 @@ def test_an_upload_bound_client_covers_every_unit_at_a_lower_rank():
     # knapsack's rounding up); the scores say rank 2 keeps 70% of a unit's value, so four units at
     # rank 2 (2.8) beat one at rank 8 (1.0)
     budgets = [ClientBudget(0, 10**12, 1012)]
-    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=local", "strategy.bonus=false"))
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=local", "strategy.bonus=false",
+                                                 "strategy.ranks=[2, 4, 8]"))
     assert strategy.ranks == (2, 4, 8)
     strategy.receive_scores(1, {0: {j: (0.7, 0.9, 1.0) for j in range(N)}})
     plan = strategy.assign(1, [0])[0]
@@ -69,7 +70,8 @@ def test_an_upload_bound_client_covers_every_unit_at_a_lower_rank():
     # memory at rank 2 saves 6/8 of each unit's state (2 MiB) and LoRA weights (1000 B)
     assert plan.estimated_bytes == mem_of(PROFILE, (0, 1, 2, 3)) - (4 * 6 * (2 * MiB + 1000)) // 8
     # with linear shares (no scores: r / 8) one full-rank unit ties four at rank 2 and costs less memory
-    assert make_strategy("fedpilot", context(budgets, "strategy.value=uniform")).assign(2, [0])[0].ranks is None
+    linear = make_strategy("fedpilot", context(budgets, "strategy.value=uniform", "strategy.ranks=[2, 4, 8]"))
+    assert linear.assign(2, [0])[0].ranks is None
 
 
 def test_mixed_rank_plans_never_exceed_their_budgets():
@@ -80,7 +82,7 @@ def test_mixed_rank_plans_never_exceed_their_budgets():
     for trial in range(200):
         budgets = [ClientBudget(0, int(rng.uniform(PROFILE.fixed_mem, 1.2 * full)),
                                 None if trial % 3 == 0 else int(rng.uniform(0, 4500)))]
-        strategy = make_strategy("fedpilot", context(budgets, "strategy.value=random"))
+        strategy = make_strategy("fedpilot", context(budgets, "strategy.value=random", "strategy.ranks=[2, 4, 8]"))
         plan = strategy.assign(trial + 1, [0])[0]
         assert plan.estimated_bytes <= budgets[0].memory
         assert budgets[0].upload is None or plan.upload_bytes <= budgets[0].upload
@@ -89,7 +91,7 @@ def test_mixed_rank_plans_never_exceed_their_budgets():
 
 def test_mean_normalisation_treats_equal_scores_equally_whatever_a_client_can_afford():
     budgets = [ClientBudget(0, 10**12, None)] * 3
-    reports = {0: {j: (1.0, 1.0, 1.0) for j in range(N)}, 1: {3: (1.0,) * 3}, 2: {3: (1.0,) * 3}}
+    reports = {0: {j: (1.0,) for j in range(N)}, 1: {3: (1.0,)}, 2: {3: (1.0,)}}
     scores = {}
     for norm in ("report", "mean"):
         strategy = make_strategy("fedpilot", context(budgets, f"strategy.global_norm={norm}"))
@@ -99,6 +101,9 @@ def test_mean_normalisation_treats_equal_scores_equally_whatever_a_client_can_af
     assert scores["mean"] == pytest.approx({j: 1.0 for j in range(N)})
     # sum to 1: unit 3 gets (1/4 + 1 + 1) / 3 = 0.75 against 1/4 for units only client 0 reported
     assert scores["report"] == pytest.approx({0: 0.25, 1: 0.25, 2: 0.25, 3: 0.75})
+
+
+PRODUCT = ("strategy.value=uniform", "strategy.merge=product", "strategy.ranks=[2, 4]", "lora.rank=4")
 
 
 def test_product_merge_with_a_lower_rank_client_survives_a_checkpoint():
@@ -111,13 +116,13 @@ def test_product_merge_with_a_lower_rank_client_survives_a_checkpoint():
     full = {"layer.3.lora_A": torch.randn(4, 6), "layer.3.lora_B": torch.randn(5, 4), "classifier.weight": torch.ones(2)}
     results = []
     for resume in (False, True):
-        strategy = make_strategy("fedpilot", context(budgets, "strategy.value=uniform"))
+        strategy = make_strategy("fedpilot", context(budgets, *PRODUCT))
         strategy.assign(1, [0, 1])
         new, metrics = strategy.aggregate(1, state, [ClientUpdate(0, low, 10), ClientUpdate(1, full, 10)])
         assert new["layer.3.lora_A"].shape == (4, 6) and metrics["units"][3]["coverage"] == 2
         assert torch.equal(new["layer.0.lora_A"], state["layer.0.lora_A"])  # untrained: unchanged factors
         if resume:
-            restored = make_strategy("fedpilot", context(budgets, "strategy.value=uniform"))
+            restored = make_strategy("fedpilot", context(budgets, *PRODUCT))
             restored.restore(*strategy.state())
             strategy = restored
         strategy.assign(2, [0, 1])
@@ -127,9 +132,9 @@ def test_product_merge_with_a_lower_rank_client_survives_a_checkpoint():
 
 def test_the_global_only_value_still_asks_for_scores_so_the_global_score_forms():
     budgets = [ClientBudget(0, 10**12, None)] * 2
-    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=global", "strategy.merge=factors"))
+    strategy = make_strategy("fedpilot", context(budgets, "strategy.value=global", "strategy.global_norm=report"))
     assert strategy.score_request(1, [0, 1]) == {0: (0, 1, 2, 3), 1: (0, 1, 2, 3)}
-    strategy.receive_scores(1, {0: {0: (1.0, 1.0, 1.0), 1: (3.0, 3.0, 3.0)}, 1: {0: (0.0, 0.0, 0.0), 1: (4.0,) * 3}})
+    strategy.receive_scores(1, {0: {0: (1.0,), 1: (3.0,)}, 1: {0: (0.0,), 1: (4.0,)}})
     strategy.assign(1, [0, 1])
     strategy.aggregate(1, state(0.0), [ClientUpdate(0, {"classifier.weight": torch.ones(2)}, 10)])
     # reports normalised to sum 1: client 0 {0: 0.25, 1: 0.75}, client 1 {0: 0, 1: 1}; equal sizes

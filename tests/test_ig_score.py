@@ -183,6 +183,7 @@ def test_report_normalisation_and_rank_shares():
     assert rank_shares((0.5, 0.4, 1.0), (2, 4, 8)).tolist() == [0.5, 0.5, 1.0]  # non-decreasing
     assert rank_shares((2.0, -1.0, 1.0), (2, 4, 8)).tolist() == [1.0, 1.0, 1.0]  # clipped to [0, 1]
     assert rank_shares(None, (2, 4, 8)).tolist() == [0.25, 0.5, 1.0]
+    assert rank_shares((1.0,), (2, 4, 8)).tolist() == [0.25, 0.5, 1.0]  # a report for other options
     assert rank_shares((0.3, 0.2, -0.1), (2, 4, 8)).tolist() == [0.25, 0.5, 1.0]  # no positive full score
 
 

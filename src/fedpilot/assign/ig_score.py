@@ -167,8 +167,8 @@ def normalised_report(scores: Mapping[int, float], per_unit: bool = False) -> di
 
 def rank_shares(scores: Sequence[float] | None, ranks: Sequence[int]) -> np.ndarray:
     """Share of a unit's full-rank value each rank option keeps: Gamma(r_c) / Gamma(r) clipped to [0, 1]
-    and made non-decreasing, or r_c / r without a positive, finite full-rank score."""
-    if scores is None or not np.all(np.isfinite(scores)) or scores[-1] <= 0:
+    and made non-decreasing, or r_c / r without a positive, finite full-rank score (or one score per option)."""
+    if scores is None or len(scores) != len(ranks) or not np.all(np.isfinite(scores)) or scores[-1] <= 0:
         return np.asarray(ranks, dtype=float) / ranks[-1]
     shares = np.clip(np.asarray(scores, dtype=float) / scores[-1], 0.0, 1.0)
     return np.maximum.accumulate(shares)
