@@ -30,12 +30,14 @@ def write_study(tmp_path: Path, grid: dict, **extra) -> Path:
     return path
 
 
-def write_run(run_dir: Path, config, accuracies: list[float], clients: list[dict]) -> None:
-    """A finished run directory with one evaluated round per accuracy, each with the same clients."""
+def write_run(run_dir: Path, config, accuracies: list[float], clients: list[dict], val: float | None = None) -> None:
+    """A finished run directory with one evaluated round per accuracy, each with the same clients (and a
+    validation accuracy `val` in every round when given)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     recorder = RunRecorder(run_dir, config)
+    extra = {} if val is None else {"val_accuracy": val}
     rounds = [{"round": i, "clients": clients, "strategy": {}, "test_accuracy": acc, "test_loss": 1.0,
-               "round_seconds": 1.0, "wall_seconds": float(i)} for i, acc in enumerate(accuracies, 1)]
+               "round_seconds": 1.0, "wall_seconds": float(i), **extra} for i, acc in enumerate(accuracies, 1)]
     for record in rounds:
         recorder.log_round(record)
     recorder.write_summary(summarize(rounds, 3.0))
@@ -133,8 +135,27 @@ def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
         "| method | 20newsgroups iid |", "|---|---|",
         "| fedavg-full | 80.0 ± 10.0 (2) |", "| fedpilot | 79.0 ± 1.0 (2) |"]
     assert (tmp_path / "results/t/table.md").read_text().count("\n") == 4
+    assert not (tmp_path / "results/t/pivot-val.md").exists()  # these runs have no validation split
     assert "| 20newsgroups | iid | fedpilot | 2 | 0.7900 | 0.0100 | 0.7900 |  |  | 2.5 |" in (
         tmp_path / "results/t/table.md").read_text()
+
+
+def test_validation_accuracy_gets_its_own_pivot_and_paired_section(tmp_path):
+    path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"], "seeds": [0, 1, 2]}, paired_with="fedpilot")
+    study = load_study(path)
+    runs, _ = expand_study(study)
+    vals = {("fedavg-full", 0): 0.50, ("fedavg-full", 1): 0.60, ("fedavg-full", 2): 0.70,
+            ("fedpilot", 0): 0.40, ("fedpilot", 1): 0.51, ("fedpilot", 2): 0.59}
+    for run in runs:
+        write_run(run.run_dir, run.config, [0.5], [client(0, 6, 90, 100, 40)], val=vals[(run.method, run.seed)])
+    compare.write_results(study, runs, QUIET)
+    assert "| fedavg-full | 60.0 ± 8.2 (3) |" in (tmp_path / "results/t/pivot-val.md").read_text()
+    paired = (tmp_path / "results/t/paired.md").read_text()
+    assert paired.startswith("Final validation accuracy minus fedpilot's")
+    # diffs 0.10, 0.09, 0.11: mean 0.10, sd 0.01, half width 4.302653 * 0.01 / sqrt(3) = 0.0248
+    assert "| 20newsgroups | iid | fedavg-full | 3 | +10.0 | +7.5 .. +12.5 | ahead |" in paired
+    assert "| 20newsgroups | all | fedavg-full | 3 | +10.0 |" in paired
+    assert (tmp_path / "results/t/paired-val.csv").read_text().splitlines()[1].endswith(",ahead")
 
 
 def test_no_reference_leaves_rounds_to_95pct_empty(tmp_path):

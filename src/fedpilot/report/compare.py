@@ -215,23 +215,25 @@ def formatted(row: dict[str, Any]) -> list[str]:
     return ["" if row[c] is None else FORMATS.get(c, "{}").format(row[c]) for c in COLUMNS]
 
 
-def pivot_markdown(rows: list[dict[str, Any]]) -> str:
-    """Final accuracy (mean ± std over seeds, in %) with one row per method and one column per setting."""
+def pivot_markdown(rows: list[dict[str, Any]], metric: str = "final_acc") -> str:
+    """Final test (`final_acc`) or validation (`final_val`) accuracy, mean ± std over seeds in %, with one
+    row per method and one column per setting."""
     settings = list(dict.fromkeys(f"{row['dataset']} {row['partition']}" for row in rows))
     methods = list(dict.fromkeys(row["method"] for row in rows))
     cells = {(row["method"], f"{row['dataset']} {row['partition']}"): row for row in rows}
-    body = [[method, *(_accuracy_cell(cells.get((method, setting))) for setting in settings)] for method in methods]
+    body = [[method, *(_accuracy_cell(cells.get((method, setting)), metric) for setting in settings)]
+            for method in methods]
     return markdown_table(["method", *settings], body)
 
 
-def _accuracy_cell(row: dict[str, Any] | None) -> str:
-    """`mean ± std (seeds)` of a row's final accuracy in percent; empty without the row, n/a when its runs
-    have no accuracy (no client ever trained)."""
+def _accuracy_cell(row: dict[str, Any] | None, metric: str) -> str:
+    """`mean ± std (seeds)` of a row's `metric` in percent; empty without the row, n/a when its runs have no
+    accuracy (no client ever trained)."""
     if row is None:
         return ""
-    if row["final_acc_mean"] is None:
+    if row[f"{metric}_mean"] is None:
         return f"n/a ({row['seeds']})"
-    return f"{100 * row['final_acc_mean']:.1f} ± {100 * row['final_acc_std']:.1f} ({row['seeds']})"
+    return f"{100 * row[f'{metric}_mean']:.1f} ± {100 * row[f'{metric}_std']:.1f} ({row['seeds']})"
 
 
 def csv_table(rows: list[dict[str, Any]]) -> str:
@@ -294,6 +296,8 @@ def write_tables(out_dir: Path, rows: list[dict[str, Any]], groups: dict[tuple[s
     """table.md, table.csv, pivot.md, units.md and, with an anchor method, paired.md / .csv; returns their paths."""
     texts = {"table.md": markdown_table(COLUMNS, [formatted(row) for row in rows]), "table.csv": csv_table(rows),
              "pivot.md": pivot_markdown(rows),
+             **({"pivot-val.md": pivot_markdown(rows, "final_val")} if any(r["final_val_mean"] is not None
+                                                                            for r in rows) else {}),
              "units.md": unit_use_markdown(unit_use_rows({key: [r.rounds for r in members]
                                                           for key, members in groups.items()}))}
     if paired_with:
