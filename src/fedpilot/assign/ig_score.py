@@ -1,7 +1,7 @@
 """IG-Score: how much each LoRA unit is worth training, locally, globally and combined.
 
 Local (client i, unit j), `strategy.score`:
-- product (default): the gradient with respect to each adapted layer's low-rank update dW = s B A
+- product: the gradient with respect to each adapted layer's low-rank update dW = s B A
   (A: r x in, B: out x r, s = lora_alpha / r), G = dL/dW, projected onto the directions a LoRA
   step can move B A in at first order (the tangent space of rank-r matrices at B A):
 
@@ -18,7 +18,7 @@ Local (client i, unit j), `strategy.score`:
   so it costs no activation memory beyond the LoRA backward's.
 - factors (the design's literal form): ||dL/dA||^2 + ||dL/dB||^2, which scales with ||B|| and is
   0 in A at initialisation.
-Estimate, `strategy.score_estimate`: unbiased (default) splits the client's IG set in two halves
+Estimate, `strategy.score_estimate`: unbiased splits the client's IG set in two halves
 with gradients G1, G2 and scores <P(G1), P(G2)>, whose mean is ||P(E G)||^2 (the squared norm of
 one mean gradient, ||P(G)||^2, is inflated by the gradient noise's variance / examples); plain
 scores the whole set's mean gradient with itself. An unbiased score can be negative; values clip

@@ -2,7 +2,7 @@
 STAgg with DWA merges.
 
 Assignment (DESIGN 3, extended): an exact multiple-choice knapsack in which each unit is skipped or
-trained at one rank option (`Config.rank_options`, default {r/4, r/2, r}) under memory (a fixed
+trained at one rank option (`Config.rank_options`, e.g. {r/4, r/2, r}; by default r alone) under memory (a fixed
 cost set by the lowest unit, small per-unit terms above it, `models/rank.mem_at_ranks`) and upload
 (r_c / r of the unit's full-rank bytes). Value (DESIGN 4): the combined IG-Score with an exploration
 bonus, times the share of it each rank option keeps (`assign/ig_score.py`). Aggregation (DESIGN 5):
