@@ -58,3 +58,4 @@ def test_pooled_rows_join_every_partition_and_seed_of_a_dataset():
     assert top["partition"] == "all" and top["diffs"] == pytest.approx([0.02, 0.01, -0.01, 0.03, 0.02])
     assert (top["ci_low"], top["ci_high"]) == pytest.approx(t_interval([0.02, 0.01, -0.01, 0.03, 0.02]))
     assert top["ahead"] == 4 and len(top["seeds"]) == 5
+    assert "fedra" not in pooled  # one partition only

@@ -66,13 +66,15 @@ def paired_rows(accuracies: Accuracies, anchor: str) -> list[dict[str, Any]]:
 
 
 def pooled_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (dataset, method): the paired differences of every partition and seed together, with their t
-    interval and verdict (more pairs, a narrower interval; partition `all`)."""
+    """Per (dataset, method) with more than one partition: the paired differences of every partition and
+    seed together, with their t interval and verdict (more pairs, a narrower interval; partition `all`)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["method"]), []).append(row)
     pooled = []
     for (dataset, method), members in groups.items():
+        if len(members) < 2:
+            continue
         diffs = [d for row in members for d in row["diffs"]]
         low, high = t_interval(diffs)
         pooled.append({"dataset": dataset, "partition": "all", "method": method,
