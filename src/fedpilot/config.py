@@ -150,33 +150,33 @@ class StrategyConfig(_Section):
     name: str = Field("fedavg-full", description="method; see `fedpilot strategies` (checked where runs are built)")
     value: Literal["combined", "local", "global", "uniform", "random"] = Field(
         "combined", description="fedpilot unit value: IG-Score variant, or uniform/random for ablations")
-    # Defaults: a v2 form is the default only where configs/studies/ablations-v2.yaml found it ahead on
-    # validation accuracy (a 95% interval over paired seeds above 0); none was yet, so each switch
-    # defaults to its earlier form (README, docs/method.md). `bias: exact` fixes a defect and stays.
+    # Defaults from configs/studies/ablations-v2.yaml (README, docs/method.md): v2 with every unit at full
+    # rank (its `ranks-full` row) is ahead of v1 on validation accuracy (95% interval over the 6 paired
+    # seed-settings above 0); the rank choice was not ahead of full rank, so it is not the default.
     score: Literal["product", "factors"] = Field(
-        "factors", description="fedpilot local IG-Score: ||grad A||^2 + ||grad B||^2 (the design's form), or the "
-                               "gradient w.r.t. the low-rank product B A projected on the tangent space")
+        "product", description="fedpilot local IG-Score: the gradient w.r.t. the low-rank product B A projected "
+                               "on the tangent space, or ||grad A||^2 + ||grad B||^2 (the design's form)")
     score_estimate: Literal["unbiased", "plain"] = Field(
-        "plain", description="fedpilot IG-Score estimate: squared norm of one mean gradient (inflated by gradient "
-                             "noise), or the inner product of two half-set gradients (unbiased)")
+        "unbiased", description="fedpilot IG-Score estimate: inner product of two half-set gradients (unbiased), "
+                                "or the squared norm of one mean gradient (inflated by gradient noise)")
     global_norm: Literal["report", "mean", "none"] = Field(
-        "none", description="fedpilot global IG-Score: raw scores, or each client's report normalised to sum 1 "
-                            "(favours units many clients can afford) or to mean 1 over its units")
+        "report", description="fedpilot global IG-Score: each client's report normalised to sum 1 (favours units "
+                              "many clients can afford), to mean 1 over its units, or raw scores")
     bonus: bool = Field(True, description="fedpilot: exploration bonus for rarely trained units")
     aggregation: Literal["stagg", "spatial"] = Field("stagg", description="fedpilot: STAgg, or spatial-only")
     dwa: bool = Field(True, description="fedpilot: dynamic weight average of unit update rates")
     dwa_ratio: Literal["client", "mean"] = Field(
-        "mean", description="fedpilot DWA rate from the averaged update's norm (the design's form; grows when "
-                            "fewer clients were averaged), or from the clients' own update norms")
+        "client", description="fedpilot DWA rate from the clients' own update norms, or from the averaged "
+                              "update's norm (the design's form; grows when fewer clients were averaged)")
     coverage: Literal["affordable", "sampled"] = Field(
-        "sampled", description="fedpilot STAgg coverage: share of all sampled clients (the design's form), or of "
-                               "the sampled clients that could afford the unit")
+        "affordable", description="fedpilot STAgg coverage: share of the sampled clients that could afford the "
+                                  "unit, or of all sampled clients (the design's form)")
     bias: Literal["exact", "rounds"] = Field(
         "exact", description="fedpilot STAgg history: exact bias correction (idle rounds included), or "
                              "1 - mu^k over the k trained rounds (ignores idle rounds)")
     merge: Literal["product", "factors"] = Field(
-        "factors", description="fedpilot: merge A and B separately, or as products B A re-factored by truncated "
-                               "SVD")
+        "product", description="fedpilot: merge units as products B A re-factored by truncated SVD, or A and B "
+                               "separately")
     ranks: list[int] | None = Field(
         None, description="fedpilot rank options of the knapsack (each unit skipped or trained at one), e.g. "
                           "[2, 4, 8]; None = every unit at lora.rank; values and IG-Score shares are relative "
