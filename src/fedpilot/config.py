@@ -22,6 +22,22 @@ class ConfigError(ValueError):
     """A configuration the user must fix; the CLI prints it and exits with code 2."""
 
 
+def memory_budget(value: str) -> str:
+    """Validator: a memory budget that parses (bytes, a GPU name or a percentage); raises BudgetError."""
+    from fedpilot.memory.cost import check_budget
+
+    check_budget(value)
+    return value
+
+
+def upload_budget(value: str) -> str:
+    """Validator: an upload budget that parses ('unlimited', bytes or speed x deadline); raises BudgetError."""
+    from fedpilot.assign.budgets import parse_upload
+
+    parse_upload(value)
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -88,21 +104,8 @@ class ClientGroup(_Section):
     upload: str = Field("unlimited", description="upload per round: 'unlimited', bytes ('2MiB'), "
                                                   "or link speed x round deadline ('8Mbit/s*30s')")
 
-    @field_validator("memory")
-    @classmethod
-    def _memory_parses(cls, value: str) -> str:
-        from fedpilot.memory.cost import check_budget
-
-        check_budget(value)
-        return value
-
-    @field_validator("upload")
-    @classmethod
-    def _upload_parses(cls, value: str) -> str:
-        from fedpilot.assign.budgets import parse_upload
-
-        parse_upload(value)
-        return value
+    _memory_parses = field_validator("memory")(memory_budget)
+    _upload_parses = field_validator("upload")(upload_budget)
 
 
 class ClientsConfig(_Section):

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedpilot.config import ConfigError, describe_errors
+from fedpilot.config import ConfigError, describe_errors, memory_budget, upload_budget
 
 
 class ClientKind(BaseModel):
@@ -27,21 +27,8 @@ class ClientKind(BaseModel):
     memory: str = Field(description="training memory: bytes ('16GiB'), a GPU name ('rtx4090'), or '40%'")
     upload: str = Field("unlimited", description="upload per round: 'unlimited', bytes, or '8Mbit/s*30s'")
 
-    @field_validator("memory")
-    @classmethod
-    def _memory_parses(cls, value: str) -> str:
-        from fedpilot.memory.cost import check_budget
-
-        check_budget(value)
-        return value
-
-    @field_validator("upload")
-    @classmethod
-    def _upload_parses(cls, value: str) -> str:
-        from fedpilot.assign.budgets import parse_upload
-
-        parse_upload(value)
-        return value
+    _memory_parses = field_validator("memory")(memory_budget)
+    _upload_parses = field_validator("upload")(upload_budget)
 
 
 class Fleet(BaseModel):
