@@ -12,6 +12,7 @@ from datasets import Dataset
 from torch import nn
 
 from fedpilot.assign.ig_score import local_scores
+from fedpilot.data.tokenize import trim_padding
 from fedpilot.memory.meters import SavedBytesMeter
 from fedpilot.models.rank import reduced_rank
 from fedpilot.models.units import UnitMap, adapter_state, load_adapter_state, set_trainable
@@ -121,8 +122,9 @@ class MemoryWatch:
 
 
 def to_inputs(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
-    """Model keyword arguments for a tokenized batch (`label` becomes `labels`)."""
-    inputs = {key: value.to(device) for key, value in batch.items() if key != "label"}
+    """Model keyword arguments for a tokenized batch (`label` becomes `labels`), its trailing
+    all-padding columns cut (`data.tokenize.trim_padding`)."""
+    inputs = {key: value.to(device) for key, value in trim_padding(batch).items() if key != "label"}
     inputs["labels"] = batch["label"].to(device)
     return inputs
 

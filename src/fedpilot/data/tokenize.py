@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from datasets import Dataset, disable_progress_bars, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
@@ -46,3 +47,23 @@ def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: i
         encoded = load_from_disk(str(folder))
     keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in encoded.column_names]
     return encoded.with_format("torch", columns=keep)
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without its trailing columns that are padding in every row (dynamic padding).
+
+    Examples are stored padded to `model.max_length`; a batch of shorter texts needs only as many
+    columns as its longest example. Only trailing columns are cut (where `attention_mask` is 0 in
+    every row), so right-padded batches lose work they did not need and left-padded ones are
+    unchanged; masked positions never affect the unmasked ones, so the model's outputs are the same.
+    Tensors of shape (batch, max_length) are cut; others (e.g. `label`, shape (batch,)) are kept.
+    """
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return batch
+    used = mask.any(0).nonzero()
+    length = int(used[-1]) + 1 if len(used) else 1
+    if length == mask.shape[1]:
+        return batch
+    return {key: value[:, :length] if value.dim() == 2 and value.shape == mask.shape else value
+            for key, value in batch.items()}

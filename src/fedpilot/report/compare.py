@@ -5,7 +5,8 @@ it resumes from its last checkpointed round, or (with no complete round) is remo
 so the study's runs always land in their planned directories.
 Results go to `<results_dir>/<study>/`: `table.md`, `table.csv`, `pivot.md` (final accuracy, methods x
 settings), `units.md` (which units each method trained, per budget group), `paired.md` when the study
-names `paired_with` (each method minus that one, seed by seed), and PNGs per setting.
+names `paired_with` (each method minus that one, seed by seed), PNGs per setting, and for a pilot
+study (`pilot: true`) pilot.json / pilot.png (`report/pilot.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from rich.table import Table
 from fedpilot.config import dump_config
 from fedpilot.engines.local import resume_local, run_local
 from fedpilot.report.paired import paired_csv, paired_markdown, paired_rows, pooled_rows
+from fedpilot.report.pilot import write_pilot
 from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
 from fedpilot.report.records import read_rounds
 from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, select_runs
@@ -314,6 +316,8 @@ def write_results(study: Study, runs: list[PlannedRun], console: Console) -> lis
     out_dir = study.result_root
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = write_tables(out_dir, rows, group_results(results), study.paired_with) + plot_results(results, out_dir)
+    if study.pilot:
+        paths += write_pilot(runs, out_dir)
     console.print(rich_table(rows, f"study {study.name}: {len(results)}/{len(runs)} runs finished"))
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return paths
