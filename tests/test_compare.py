@@ -93,9 +93,9 @@ def test_bad_study_files_are_config_errors_naming_the_field(tmp_path, grid, extr
 
 
 def fake_study(tmp_path: Path):
-    """Two methods x two seeds on one setting, with hand-written run directories."""
+    """Two methods x two seeds on one setting in the memory-only regime, with hand-written run directories."""
     study = load_study(write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"], "seeds": [0, 1]},
-                                   paired_with="fedpilot"))
+                                   paired_with="fedpilot", regime="memory-only"))
     runs, _ = expand_study(study)
     full = [client(0, 6, 90, 100, 40), client(1, 6, 90, 100, 40)]
     pilot = [client(0, 2, 60, 100, 10), client(1, 4, 90, 100, 20, measured_bytes=110), {"id": 2, "skipped": "budget"}]
@@ -111,7 +111,8 @@ def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
     paths = compare.write_results(study, runs, QUIET)
     rows = {row["method"]: row for row in csv.DictReader((tmp_path / "results/t/table.csv").open())}
     full, pilot = rows["fedavg-full"], rows["fedpilot"]
-    assert (pilot["dataset"], pilot["partition"], pilot["seeds"]) == ("20newsgroups", "iid", "2")
+    assert (pilot["dataset"], pilot["partition"], pilot["regime"], pilot["seeds"], pilot["lr"]) == (
+        "20newsgroups", "iid", "memory-only", "2", "0.003")
     assert float(full["final_acc_mean"]) == pytest.approx(0.8) and float(full["final_acc_std"]) == pytest.approx(0.1)
     assert float(pilot["final_acc_mean"]) == pytest.approx(0.79) and float(pilot["final_acc_std"]) == pytest.approx(0.01)
     assert float(full["best_acc_mean"]) == pytest.approx(0.8)
@@ -130,13 +131,14 @@ def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
     # t(0.975, 1) = 12.7062, sd of the diffs 0.12728: half width 1.1436 around +0.01
     assert "| 20newsgroups | iid | fedavg-full | 2 | +1.0 | -113.4 .. +115.4 | tie | +10.0 / -8.0 | 1/2 |" in (
         tmp_path / "results/t/paired.md").read_text()
-    assert (tmp_path / "results/t/paired.csv").read_text().splitlines()[1].startswith("20newsgroups,iid,fedavg-full,2,")
+    assert (tmp_path / "results/t/paired.csv").read_text().splitlines()[1].startswith(
+        "20newsgroups,iid,memory-only,fedavg-full,2,")
     assert (tmp_path / "results/t/pivot.md").read_text().splitlines() == [
         "| method | 20newsgroups iid |", "|---|---|",
         "| fedavg-full | 80.0 ± 10.0 (2) |", "| fedpilot | 79.0 ± 1.0 (2) |"]
     assert (tmp_path / "results/t/table.md").read_text().count("\n") == 4
     assert not (tmp_path / "results/t/pivot-val.md").exists()  # these runs have no validation split
-    assert "| 20newsgroups | iid | fedpilot | 2 | 0.7900 | 0.0100 | 0.7900 |  |  | 2.5 |" in (
+    assert "| 20newsgroups | iid | memory-only | fedpilot | 2 | 0.003 | 0.7900 | 0.0100 | 0.7900 |  |  | 2.5 |" in (
         tmp_path / "results/t/table.md").read_text()
 
 

@@ -47,8 +47,10 @@ def test_markdown_shows_points_interval_and_verdict():
 
 def test_csv_has_interval_columns_and_empty_bounds_for_one_seed():
     lines = paired_csv(paired_rows(ACC, "fedpilot")).splitlines()
-    assert lines[0] == "dataset,partition,method,seeds,mean_diff,ci_low,ci_high,verdict"
-    assert lines[2].startswith("20ng,iid,fedra,1,") and lines[2].endswith(",,,tie")
+    assert lines[0] == "dataset,partition,regime,method,seeds,mean_diff,ci_low,ci_high,verdict"
+    assert lines[2].startswith("20ng,iid,,fedra,1,") and lines[2].endswith(",,,tie")
+    labelled = paired_csv([{**row, "regime": "memory-only"} for row in paired_rows(ACC, "fedpilot")]).splitlines()
+    assert labelled[2].startswith("20ng,iid,memory-only,fedra,1,")
 
 
 def test_pooled_rows_join_every_partition_and_seed_of_a_dataset():

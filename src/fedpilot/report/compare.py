@@ -38,11 +38,11 @@ from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, s
 from fedpilot.report.tables import markdown_table
 from fedpilot.report.unit_use import unit_use_markdown, unit_use_rows
 
-COLUMNS = ("dataset", "partition", "method", "seeds", "final_acc_mean", "final_acc_std", "best_acc_mean",
+COLUMNS = ("dataset", "partition", "regime", "method", "seeds", "lr", "final_acc_mean", "final_acc_std", "best_acc_mean",
            "final_val_mean", "final_val_std",
            "rounds_to_95pct_ref", "units_per_client", "peak_mem_over_budget", "upload_bytes_per_round",
            "seconds_per_run")
-FORMATS = {"final_acc_mean": "{:.4f}", "final_acc_std": "{:.4f}", "best_acc_mean": "{:.4f}",
+FORMATS = {"lr": "{:g}", "final_acc_mean": "{:.4f}", "final_acc_std": "{:.4f}", "best_acc_mean": "{:.4f}",
            "final_val_mean": "{:.4f}", "final_val_std": "{:.4f}",
            "rounds_to_95pct_ref": "{:.3g}", "units_per_client": "{:.2f}", "peak_mem_over_budget": "{:.3f}",
            "upload_bytes_per_round": "{:,.0f}", "seconds_per_run": "{:.1f}"}
@@ -199,16 +199,17 @@ def group_results(results: list[RunResult]) -> dict[tuple[str, str, str], list[R
     return groups
 
 
-def table_rows(results: list[RunResult], reference_label: str | None) -> list[dict[str, Any]]:
-    """One row per (dataset, partition, method); rounds-to-95% against the reference's mean final accuracy."""
+def table_rows(results: list[RunResult], reference_label: str | None, regime: str | None = None) -> list[dict[str, Any]]:
+    """One row per (dataset, partition, method), labelled with the study's budget `regime` and the runs' learning
+    rate; rounds-to-95% against the reference's mean final accuracy."""
     groups = group_results(results)
     rows = []
     for (dataset, partition, method), members in groups.items():
         reference_runs = groups.get((dataset, partition, reference_label), [])
         reference = mean_or_none([r.summary["final_accuracy"] for r in reference_runs
                                   if r.summary.get("final_accuracy") is not None])
-        rows.append({"dataset": dataset, "partition": partition, "method": method,
-                     **group_stats(members, reference)})
+        rows.append({"dataset": dataset, "partition": partition, "regime": regime, "method": method,
+                     "lr": members[0].run.config.train.lr, **group_stats(members, reference)})
     return rows
 
 
@@ -251,7 +252,7 @@ def rich_table(rows: list[dict[str, Any]], title: str) -> Table:
     """The rows as a terminal table."""
     table = Table(title=title)
     for column in COLUMNS:
-        text = column in ("dataset", "partition", "method")
+        text = column in ("dataset", "partition", "regime", "method")
         table.add_column(HEADINGS.get(column, column), justify="left" if text else "right", no_wrap=text)
     for row in rows:
         table.add_row(*formatted(row))
@@ -278,11 +279,12 @@ def seed_accuracies(groups: dict[tuple[str, str, str], list[RunResult]], key: st
             for group, members in groups.items()}
 
 
-def paired_texts(groups: dict[tuple[str, str, str], list[RunResult]], anchor: str) -> dict[str, str]:
+def paired_texts(groups: dict[tuple[str, str, str], list[RunResult]], anchor: str,
+                 regime: str | None = None) -> dict[str, str]:
     """paired.md (validation, where the runs have it, then test; each per setting and pooled over a dataset's
-    partitions) and paired.csv (test) against `anchor`."""
-    test_rows = paired_rows(seed_accuracies(groups, "final_accuracy"), anchor)
-    val_rows = paired_rows(seed_accuracies(groups, "final_val_accuracy"), anchor)
+    partitions) and paired.csv (test) against `anchor`, its rows labelled with the budget `regime`."""
+    test_rows = [{**row, "regime": regime} for row in paired_rows(seed_accuracies(groups, "final_accuracy"), anchor)]
+    val_rows = [{**row, "regime": regime} for row in paired_rows(seed_accuracies(groups, "final_val_accuracy"), anchor)]
     sections = []
     for rows, metric in ((val_rows, "final validation accuracy"), (test_rows, "final test accuracy")):
         if rows:
@@ -294,7 +296,7 @@ def paired_texts(groups: dict[tuple[str, str, str], list[RunResult]], anchor: st
 
 
 def write_tables(out_dir: Path, rows: list[dict[str, Any]], groups: dict[tuple[str, str, str], list[RunResult]],
-                 paired_with: str | None) -> list[Path]:
+                 paired_with: str | None, regime: str | None = None) -> list[Path]:
     """table.md, table.csv, pivot.md, units.md and, with an anchor method, paired.md / .csv; returns their paths."""
     texts = {"table.md": markdown_table(COLUMNS, [formatted(row) for row in rows]), "table.csv": csv_table(rows),
              "pivot.md": pivot_markdown(rows),
@@ -303,7 +305,7 @@ def write_tables(out_dir: Path, rows: list[dict[str, Any]], groups: dict[tuple[s
              "units.md": unit_use_markdown(unit_use_rows({key: [r.rounds for r in members]
                                                           for key, members in groups.items()}))}
     if paired_with:
-        texts.update(paired_texts(groups, paired_with))
+        texts.update(paired_texts(groups, paired_with, regime))
     for name, text in texts.items():
         (out_dir / name).write_text(text)
     return [out_dir / name for name in texts]
@@ -312,10 +314,11 @@ def write_tables(out_dir: Path, rows: list[dict[str, Any]], groups: dict[tuple[s
 def write_results(study: Study, runs: list[PlannedRun], console: Console) -> list[Path]:
     """Tables and plots of the study's finished runs; returns the files written."""
     results = read_results(runs)
-    rows = table_rows(results, study.reference_label())
+    rows = table_rows(results, study.reference_label(), study.regime)
     out_dir = study.result_root
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = write_tables(out_dir, rows, group_results(results), study.paired_with) + plot_results(results, out_dir)
+    paths = (write_tables(out_dir, rows, group_results(results), study.paired_with, study.regime)
+             + plot_results(results, out_dir))
     if study.pilot:
         paths += write_pilot(runs, out_dir)
     console.print(rich_table(rows, f"study {study.name}: {len(results)}/{len(runs)} runs finished"))

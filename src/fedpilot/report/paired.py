@@ -24,7 +24,7 @@ from fedpilot.report.tables import markdown_table
 Accuracies = Mapping[tuple[str, str, str], Mapping[int, float]]
 HEADER = ("dataset", "partition", "method", "seeds", "mean diff (pts)", "95% CI (pts)", "verdict",
           "per seed (pts)", "ahead in")
-CSV_COLUMNS = ("dataset", "partition", "method", "seeds", "mean_diff", "ci_low", "ci_high", "verdict")
+CSV_COLUMNS = ("dataset", "partition", "regime", "method", "seeds", "mean_diff", "ci_low", "ci_high", "verdict")
 
 
 def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float | None, float | None]:
@@ -99,12 +99,13 @@ def paired_markdown(rows: list[dict[str, Any]], anchor: str, metric: str = "fina
 
 
 def paired_csv(rows: list[dict[str, Any]]) -> str:
-    """The rows as CSV (differences as fractions, not points; empty interval bounds with one seed)."""
+    """The rows as CSV (differences as fractions, not points; empty interval bounds with one seed, empty
+    regime when the rows have none)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**{c: row[c] for c in CSV_COLUMNS if c != "seeds"}, "seeds": len(row["seeds"]),
+        writer.writerow({**{c: row.get(c) for c in CSV_COLUMNS if c != "seeds"}, "seeds": len(row["seeds"]),
                          "ci_low": "" if row["ci_low"] is None else row["ci_low"],
                          "ci_high": "" if row["ci_high"] is None else row["ci_high"]})
     return buffer.getvalue()

@@ -105,6 +105,8 @@ class Study(_Strict):
     runs_dir: str = Field("runs", description="parent of the study's run directories")
     results_dir: str = Field("results", description="parent of the study's tables and plots")
     paired_with: str | None = Field(None, description="method label every other method is compared with, seed by seed")
+    regime: str | None = Field(None, pattern=NAME_PATTERN, description="the budget regime the study's client groups "
+                                                                      "set, e.g. memory-only (a column of its tables)")
     pilot: bool = Field(False, description="a pilot study (docs/protocol.md): also write pilot.json / pilot.png, "
                                            "the fewest rounds whose last 25% add < 1 point of validation accuracy")
 
