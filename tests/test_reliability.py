@@ -143,6 +143,8 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--set", "partition.kind=pathological", "--set", "partition.classes_per_client=21"],
          "classes_per_client=21 exceeds the dataset's 20 labels"),
         (["--set", "lora.rank=0"], "lora.rank: Input should be greater than 0"),
+        (["--set", "lora.targets=query,q_lin"], "['q_lin'] not found in BertForSequenceClassification; its Linear "
+                                               "layers (leaf name, count) are: query (6), key (6), value (6), dense (19)"),
         (["--set", "clients.groups=[{memory: '12 parsecs'}]"], "cannot parse budget '12 parsecs'"),
         (["--set", "clients.groups=[{memory: '1MiB'}]"], "is below the minimum of"),
         (["--set", "clients.groups=[{memory: 'gtx-9000'}]"], "unknown GPU name 'gtx-9000'; did you mean gtx1060-6g?"),
