@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -121,3 +123,18 @@ def test_a_file_without_any_complete_row_is_a_data_error(tmp_path):
     pd.DataFrame({"text": ["a", "", "c"], "label": ["", "x", " "]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataError, match="bad.csv has no row with both a text and a label"):
         load_text_data(str(tmp_path / "bad.csv"))
+
+
+def test_an_infeasible_dirichlet_split_is_one_error_naming_the_fields_and_what_works(capsys, recwarn):
+    # alpha 0.01 over 100 clients of 1,600 examples: every draw leaves some client under 2 examples
+    with pytest.raises(DataError) as error:
+        partition(labelled(n=1600, labels=20), "dirichlet", 100, seed=0, alpha=0.01)
+    message = str(error.value)
+    assert message.startswith("partition.alpha=0.01 is too skewed for clients.num_clients=100 over 1600 training "
+                              "examples (16.0 per client on average)")
+    assert "fewer than 2 examples" in message
+    larger, fewer = re.search(r"\((\S+) works with 100 clients\) or fewer clients.num_clients \((\d+) work", message).groups()
+    assert float(larger) > 0.01 and int(fewer) < 100
+    assert len(partition(labelled(n=1600, labels=20), "dirichlet", 100, seed=0, alpha=float(larger))) == 100
+    assert len(partition(labelled(n=1600, labels=20), "dirichlet", int(fewer), seed=0, alpha=0.01)) == int(fewer)
+    assert len(recwarn) == 0 and capsys.readouterr().err == ""

@@ -140,6 +140,8 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["--set", "partition.kind=dirichlet", "--set", "partition.alpha=0"], "partition.alpha: Input should be greater than 0"),
         (["--set", f"data.name={tiny}", "--set", "clients.num_clients=9", "--set", "clients.per_round=2"],
          "exceeds the 7 training examples clients can hold"),
+        (["--set", "partition.kind=dirichlet", "--set", "partition.alpha=0.01", "--set", "clients.num_clients=100"],
+         "partition.alpha=0.01 is too skewed for clients.num_clients=100 over 360 training examples"),
         (["--set", "partition.kind=pathological", "--set", "partition.classes_per_client=21"],
          "classes_per_client=21 exceeds the dataset's 20 labels"),
         (["--set", "lora.rank=0"], "lora.rank: Input should be greater than 0"),
@@ -159,7 +161,7 @@ def test_bad_inputs_exit_2_with_a_clear_message_and_no_run_directory(tmp_path):
         result = runner.invoke(app, ["run", "--set", f"output.dir={runs}", "--set", "data.max_train_examples=400", *extra])
         assert result.exit_code == 2, (extra, result.output)
         assert message in " ".join(result.output.split()), (extra, result.output)
-        assert "Traceback" not in result.output
+        assert "Traceback" not in result.output and "Warning" not in result.output
         assert not runs.exists() or list(runs.iterdir()) == [], extra
 
 
