@@ -58,6 +58,16 @@ def headless_bert(folder) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def csv_with_empty_rows(path) -> None:
+    """A CSV of 40 rows, labels a/b: rows 3 and 5 have an empty (or blank) text, row 7 an empty label, row 9 both
+    (4 rows to drop: 3 with an empty text, 2 with an empty label)."""
+    import pandas as pd
+
+    texts, labels = [f"text {i}" for i in range(40)], ["a", "b"] * 20
+    texts[3], texts[5], labels[7], texts[9], labels[9] = "", "  ", "", "", ""
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+
+
 def tiny_run_config(base, out, name: str, *extra: str):
     """Two rounds of 2 steps on 300 20 Newsgroups examples with the tiny encoder, 64 test examples per round
     (the whole test split after the last), TensorBoard on."""

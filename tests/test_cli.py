@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
+from conftest import csv_with_empty_rows
 from fedpilot.cli import app, plural
 from fedpilot.config import load_config
 
@@ -93,3 +94,12 @@ def test_preset_files_in_configs_are_the_shipped_ones():
 
 def test_plural():
     assert (plural(1, "round"), plural(2, "round"), plural(0, "client")) == ("1 round", "2 rounds", "0 clients")
+
+
+def test_data_stats_tells_the_rows_dropped_for_an_empty_text_or_label(tmp_path):
+    csv_with_empty_rows(tmp_path / "reviews.csv")
+    result = runner.invoke(app, ["data-stats", "--set", f"data.name={tmp_path / 'reviews.csv'}",
+                                 "--set", "clients.num_clients=3", "--set", "clients.per_round=3"])
+    assert result.exit_code == 0, result.output
+    assert ("data: reviews.csv (all): dropped 4 of 40 rows: 3 with an empty text, 2 with an empty label"
+            in " ".join(result.output.split()))

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from fedpilot.cli import app
 from fedpilot.config import ConfigError
 from fedpilot.report import compare
+from fedpilot.report.plots import memory_ratio
 from fedpilot.report.records import RunRecorder, fresh_run_dir, summarize
 from fedpilot.report.study import expand_study, load_study, select_runs
 
@@ -98,7 +99,7 @@ def fake_study(tmp_path: Path):
                                    paired_with="fedpilot", regime="memory-only"))
     runs, _ = expand_study(study)
     full = [client(0, 6, 90, 100, 40), client(1, 6, 90, 100, 40)]
-    pilot = [client(0, 2, 60, 100, 10), client(1, 4, 90, 100, 20, measured_bytes=110), {"id": 2, "skipped": "budget"}]
+    pilot = [client(0, 2, 60, 100, 10), client(1, 4, 90, 100, 20, saved_tensor_bytes=110), {"id": 2, "skipped": "budget"}]
     curves = {"fedavg-full-20newsgroups-iid-s0": [0.5, 0.8, 0.9], "fedavg-full-20newsgroups-iid-s1": [0.4, 0.7, 0.7],
               "fedpilot-20newsgroups-iid-s0": [0.6, 0.77, 0.8], "fedpilot-20newsgroups-iid-s1": [0.5, 0.7, 0.78]}
     for run in runs:
@@ -120,7 +121,7 @@ def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
     assert float(pilot["rounds_to_95pct_ref"]) == 2.5
     assert full["rounds_to_95pct_ref"] == ""  # seed 1 peaks at 0.7
     assert float(pilot["units_per_client"]) == 2.0 and float(full["units_per_client"]) == 6.0
-    assert float(pilot["peak_mem_over_budget"]) == pytest.approx(1.1)  # measured beats the estimate
+    assert float(pilot["peak_mem_over_budget"]) == pytest.approx(1.1)  # the counted bytes beat the estimate
     assert float(full["peak_mem_over_budget"]) == pytest.approx(0.9)
     assert float(pilot["upload_bytes_per_round"]) == 30 and float(full["upload_bytes_per_round"]) == 80
     assert float(pilot["seconds_per_run"]) == 3.0  # summary wall_seconds of each hand-written run
@@ -251,3 +252,10 @@ def test_shipped_studies_expand_to_valid_runs(path):
     runs, skipped = expand_study(study)
     assert runs and not skipped
     assert len({run.name for run in runs}) == len(runs)
+
+
+def test_memory_over_budget_reads_the_counted_bytes_then_the_old_key_then_the_estimate():
+    assert memory_ratio(client(0, 1, 80, 100, 1, saved_tensor_bytes=90)) == pytest.approx(0.9)
+    assert memory_ratio(client(0, 1, 80, 100, 1, measured_bytes=110)) == pytest.approx(1.1)  # records before the rename
+    assert memory_ratio(client(0, 1, 80, 100, 1)) == pytest.approx(0.8)
+    assert memory_ratio({"id": 0, "skipped": "budget"}) is None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset, Features, Value
 
+from conftest import csv_with_empty_rows
 from fedpilot.data.partition import label_histogram, partition
 from fedpilot.data.sources import DataError, load_text_data
 
@@ -91,3 +94,47 @@ def test_missing_label_column_lists_the_columns(tmp_path):
     pd.DataFrame({"text": ["x"], "y": [1]}).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"label column 'label' not in d.csv; columns: \['text', 'y'\]"):
         load_text_data(str(path))
+
+
+def test_rows_with_an_empty_text_or_label_are_dropped_and_counted(tmp_path):
+    csv_with_empty_rows(tmp_path / "reviews.csv")
+    data = load_text_data(str(tmp_path / "reviews.csv"), test_fraction=0.25, seed=0)
+    assert len(data.train) + len(data.test) == 36 and data.label_names == ["a", "b"]
+    (dropped,) = data.dropped
+    assert (dropped.file, dropped.split, dropped.rows, dropped.empty_text, dropped.empty_label,
+            dropped.dropped) == ("reviews.csv", "all", 40, 3, 2, 4)
+    assert dropped.describe() == "reviews.csv (all): dropped 4 of 40 rows: 3 with an empty text, 2 with an empty label"
+
+
+def test_dropped_rows_are_counted_per_file_and_a_clean_file_is_not_listed(tmp_path):
+    csv_with_empty_rows(tmp_path / "train.csv")
+    labels = pd.array([1, 0, None], dtype="Int64")
+    pd.DataFrame({"text": ["x", "y", "z"], "label": labels}).to_parquet(tmp_path / "test.parquet")
+    data = load_text_data(str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.parquet"))
+    assert [(d.file, d.split, d.dropped) for d in data.dropped] == [("train.csv", "train", 4),
+                                                                   ("test.parquet", "test", 1)]
+    # a Parquet integer label column with a null keeps its labels as written ("1", not "1.0")
+    assert data.label_names == ["0", "1", "a", "b"]
+    pd.DataFrame({"text": ["x", "y"], "label": [1, 0]}).to_parquet(tmp_path / "clean.parquet")
+    assert load_text_data(str(tmp_path / "clean.parquet"), test_path=str(tmp_path / "clean.parquet")).dropped == ()
+
+
+def test_a_file_without_any_complete_row_is_a_data_error(tmp_path):
+    pd.DataFrame({"text": ["a", "", "c"], "label": ["", "x", " "]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="bad.csv has no row with both a text and a label"):
+        load_text_data(str(tmp_path / "bad.csv"))
+
+
+def test_an_infeasible_dirichlet_split_is_one_error_naming_the_fields_and_what_works(capsys, recwarn):
+    # alpha 0.01 over 100 clients of 1,600 examples: every draw leaves some client under 2 examples
+    with pytest.raises(DataError) as error:
+        partition(labelled(n=1600, labels=20), "dirichlet", 100, seed=0, alpha=0.01)
+    message = str(error.value)
+    assert message.startswith("partition.alpha=0.01 is too skewed for clients.num_clients=100 over 1600 training "
+                              "examples (16.0 per client on average)")
+    assert "fewer than 2 examples" in message
+    larger, fewer = re.search(r"\((\S+) works with 100 clients\) or fewer clients.num_clients \((\d+) work", message).groups()
+    assert float(larger) > 0.01 and int(fewer) < 100
+    assert len(partition(labelled(n=1600, labels=20), "dirichlet", 100, seed=0, alpha=float(larger))) == 100
+    assert len(partition(labelled(n=1600, labels=20), "dirichlet", int(fewer), seed=0, alpha=0.01)) == int(fewer)
+    assert len(recwarn) == 0 and capsys.readouterr().err == ""

@@ -20,7 +20,7 @@ from fedpilot.memory.gpus import GPUS, usable_gpu_bytes
 from fedpilot.memory.plot import profile_table, run_profile_command, write_profile_report
 from fedpilot.memory.profiler import AllocationMeter, ProfileError, SavedBytesMeter, measure_plans, measure_step
 from fedpilot.memory.profiler import measure_blocks, measure_profile, profile
-from fedpilot.models.units import set_trainable
+from fedpilot.models.units import adapter_state, discover_units, set_trainable
 
 CONFIGS = {
     "bert": lambda: BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
@@ -288,3 +288,37 @@ def test_budget_errors(text, message, cost):
 def test_percent_budget_needs_a_profile():
     with pytest.raises(BudgetError, match="needs a cost profile"):
         parse_budget("40%")
+
+
+def client_round(device: str) -> tuple[int, dict]:
+    """One client round (2 steps of 4 examples) of a 2-block tiny BERT with LoRA on `device`, with a
+    transient of 100 bytes: (resident bytes as MemoryWatch counts them, the update's metrics)."""
+    from datasets import Dataset
+
+    from conftest import tiny_bert
+    from fedpilot.client import Plan, TrainSettings, tensor_bytes, train_client
+    from fedpilot.models.loading import add_lora
+
+    model = add_lora(tiny_bert(layers=2), rank=4, alpha=8, dropout=0.0, targets=["query", "value"]).to(device)
+    unit_map = discover_units(model)
+    ids = torch.randint(1, 100, (8, 16), generator=torch.Generator().manual_seed(0))
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "label": [i % 3 for i in range(8)]}).with_format("torch")
+    update = train_client(model, unit_map, adapter_state(model, unit_map), Plan((0, 1), 2), data,
+                          TrainSettings(4, 1e-3, 0.0, "fp32", device), client_id=0, seed=0, transient=100)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    resident = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers()) + 3 * tensor_bytes(trainable)
+    return resident, update.metrics
+
+
+def test_a_client_round_records_its_saved_tensor_count_and_no_allocator_peak_on_cpu():
+    resident, metrics = client_round("cpu")
+    assert "measured_bytes" not in metrics and "cuda_peak_bytes" not in metrics
+    assert isinstance(metrics["saved_tensor_bytes"], int)
+    assert metrics["saved_tensor_bytes"] > resident + 100  # the saved activations come on top
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_client_round_on_cuda_records_the_allocators_peak_beside_the_count():
+    resident, metrics = client_round("cuda")
+    # weights, grads and moments are allocated on the GPU, and the step's activations on top of them
+    assert resident < metrics["cuda_peak_bytes"] < 20 * metrics["saved_tensor_bytes"]

@@ -282,5 +282,5 @@ def test_tiny_run_logs_a_smaller_upload_for_the_weak_client(tmp_path, weak_memor
         assert weak["rank"] == 4 and all(c["rank"] == 8 for c in strong)
         assert weak["upload_bytes"] * 2 == strong[0]["upload_bytes"]
         assert weak["sent_bytes"] < strong[0]["sent_bytes"]
-        assert weak["measured_bytes"] <= weak["estimated_bytes"] <= weak["budget_bytes"]
+        assert weak["saved_tensor_bytes"] <= weak["estimated_bytes"] <= weak["budget_bytes"]
         assert math.isfinite(weak["loss"])

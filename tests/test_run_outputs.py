@@ -9,7 +9,9 @@ import pytest
 from rich.console import Console
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import csv_with_empty_rows, headless_bert, tiny_run_config
 from fedpilot.data.sources import load_text_data
+from fedpilot.engines.local import run_local
 from fedpilot.report.records import read_rounds
 from fedpilot.report.run_plots import plot_units, unit_grid
 from fedpilot.report.tables import round_table, summary_table
@@ -80,3 +82,17 @@ def test_end_of_run_tables_show_percentages_with_one_decimal(finished_run):
     assert "59.3% (n=1000)" in text and "58.1% (n=7528)" in text and "60.0% (9)" in text and "5.3%" in text
     accuracy = read_rounds(run_dir)[0]["test_accuracy"]
     assert f"{accuracy:.1%}" in text
+
+
+def test_rows_dropped_for_an_empty_text_or_label_are_told_on_the_console_and_kept_in_the_summary(tmp_path):
+    csv_with_empty_rows(tmp_path / "reviews.csv")
+    headless_bert(tmp_path / "base")
+    config = tiny_run_config(tmp_path / "base", tmp_path / "runs", "csv", f"data.name={tmp_path / 'reviews.csv'}",
+                             "train.rounds=1", "train.local_steps=1", "output.tensorboard=false")
+    console = Console(record=True, width=200)
+    run_dir, summary = run_local(config, console)
+    line = "reviews.csv (all): dropped 4 of 40 rows: 3 with an empty text, 2 with an empty label"
+    assert f"data: {line}" in console.export_text()
+    recorded = json.loads((run_dir / "summary.json").read_text())["dropped_rows"]
+    assert recorded == summary["dropped_rows"] == [{"file": "reviews.csv", "split": "all", "rows": 40,
+                                                    "empty_text": 3, "empty_label": 2, "dropped": 4}]

@@ -90,3 +90,20 @@ def test_bad_lora_settings_are_model_errors():
         add_lora(tiny_bert(), rank=0, alpha=8, dropout=0.0, targets=["query"])
     with pytest.raises(ModelError, match="targets"):
         add_lora(tiny_bert(), rank=4, alpha=8, dropout=0.0, targets=["no_such_layer"])
+
+
+def test_missing_targets_list_the_linear_layers_the_model_has():
+    # 4 blocks: query, key, value and 3 dense each, plus the pooler's dense; the head is not offered
+    with pytest.raises(ModelError) as error:
+        add_lora(tiny_bert(), rank=4, alpha=8, dropout=0.0, targets=["query", "q_lin"])
+    message = str(error.value)
+    assert "['q_lin'] not found" in message
+    assert "query (4), key (4), value (4), dense (13)" in message and "classifier" not in message
+
+
+def test_missing_targets_list_gpt2_conv1d_layers():
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=3, pad_token_id=0)
+    with pytest.raises(ModelError, match=r"c_attn \(2\), c_proj \(4\), c_fc \(2\)$"):
+        add_lora(GPT2ForSequenceClassification(config), rank=4, alpha=8, dropout=0.0, targets=["query"])

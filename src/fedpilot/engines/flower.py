@@ -31,7 +31,7 @@ from rich.console import Console
 from fedpilot.config import Config, dump_config, load_config
 from fedpilot.engines.flower_client import (CONFIG_KEY, client_app, decode_outcome, decode_scores, plan_config,
                                             to_arrays)
-from fedpilot.engines.local import Outcome, Round, RoundServer, show_budgets
+from fedpilot.engines.local import Outcome, Round, RoundServer, show_setup
 from fedpilot.federation import build_federation
 from fedpilot.report.records import RunRecorder, fresh_run_dir
 
@@ -189,7 +189,7 @@ class FlowerRounds(FlowerStrategy):
 def serve(grid: Grid, config: Config, console: Console, federated_eval: bool = False) -> tuple[Path, dict[str, Any]]:
     """The ServerApp's work: build the federation, map partitions, run every round; returns run dir and summary."""
     federation = build_federation(config)
-    show_budgets(config, federation, console)
+    show_setup(config, federation, console)
     text = dump_config(config)
     nodes = map_partitions(grid, text, config.clients.num_clients)
     run_dir = fresh_run_dir(config.output.dir, config.run_name())

@@ -292,7 +292,8 @@ class RoundServer:
         its summary (summary.json, last: it marks the run finished); returns the summary."""
         summary = summarize(self.rounds, self.offset + time.perf_counter() - self.started)
         summary.update(self.final_evaluation(summary["trained_client_rounds"] > 0),
-                       label_names=self.federation.label_names)
+                       label_names=self.federation.label_names,
+                       dropped_rows=[dropped.record() for dropped in self.federation.dropped_rows])
         run_dir = self.recorder.run_dir
         last_round = self.rounds[-1]["round"] if self.rounds else 0
         write_run_model(run_dir, self.config, self.state, self.federation.label_names, last_round)
@@ -343,9 +344,11 @@ class LocalRun(RoundServer):
         return self.finish()
 
 
-def show_budgets(config: Config, federation: Federation, console: Console) -> None:
-    """Print each client group's budgets and reach, a warning per group that trains the head only,
-    and the excluded clients."""
+def show_setup(config: Config, federation: Federation, console: Console) -> None:
+    """Print what a run starts from: the data rows left out for an empty text or label (per file), each client
+    group's budgets and reach, a warning per group that trains the head only, and the excluded clients."""
+    for dropped in federation.dropped_rows:
+        console.print(f"[yellow]data:[/] {dropped.describe()}", highlight=False)
     table, warnings = budget_table(config, federation.profile, federation.budgets, federation.unit_upload())
     console.print(table)
     for warning in warnings:
@@ -362,7 +365,7 @@ def run_local(config: Config, console: Console | None = None) -> tuple[Path, dic
     """
     console = console or Console()
     federation = build_federation(config)
-    show_budgets(config, federation, console)
+    show_setup(config, federation, console)
     run_dir = fresh_run_dir(config.output.dir, config.run_name())
     recorder = RunRecorder(run_dir, config)
     return run_dir, LocalRun(config, federation, recorder, console).run()
@@ -372,7 +375,7 @@ def resume_local(run_dir: Path, config: Config, console: Console | None = None) 
     """Continue an interrupted run in `run_dir` from its last checkpoint (the config must match)."""
     console = console or Console()
     federation = build_federation(config)
-    show_budgets(config, federation, console)
+    show_setup(config, federation, console)
     run = LocalRun(config, federation, RunRecorder(run_dir, config), console)
     run.resume()
     return run.run()

