@@ -292,7 +292,7 @@ class RoundServer:
         its summary (summary.json, last: it marks the run finished); returns the summary."""
         summary = summarize(self.rounds, self.offset + time.perf_counter() - self.started)
         summary.update(self.final_evaluation(summary["trained_client_rounds"] > 0),
-                       label_names=self.federation.label_names)
+                       label_names=self.federation.label_names, unit_names=list(self.federation.unit_map.labels))
         run_dir = self.recorder.run_dir
         last_round = self.rounds[-1]["round"] if self.rounds else 0
         write_run_model(run_dir, self.config, self.state, self.federation.label_names, last_round)
@@ -346,7 +346,8 @@ class LocalRun(RoundServer):
 def show_budgets(config: Config, federation: Federation, console: Console) -> None:
     """Print each client group's budgets and reach, a warning per group that trains the head only,
     and the excluded clients."""
-    table, warnings = budget_table(config, federation.profile, federation.budgets, federation.unit_upload())
+    table, warnings = budget_table(config, federation.profile, federation.budgets, federation.unit_upload(),
+                                   federation.unit_map.labels)
     console.print(table)
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
