@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -229,6 +230,17 @@ def test_one_module_per_block_is_the_block_knapsack():
     assert len(block_options(2, 3)) == 15 and block_options(1, 1) == [(0,)]
 
 
+def test_module_profile_round_trips_json_and_refuses_too_many_linears(bert_profile, tmp_path):
+    assert CostProfile.from_json(json.loads(json.dumps(bert_profile.to_json()))) == bert_profile
+    assert bert_profile.granularity == "module" and len(bert_profile.lowest) == 4 == len(bert_profile.above)
+    assert all(len(row) == 3 for row in bert_profile.lowest)
+    assert mem_of(bert_profile, [7]) == bert_profile.fixed_mem + bert_profile.path_mem[7] + bert_profile.unit_mem[7]
+    LLAMA.save_pretrained(tmp_path)
+    every = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    with pytest.raises(ProfileError, match="lora.targets"):
+        profile(str(tmp_path), 2, seq=8, rank=2, targets=every, granularity="module")
+
+
 def test_block_masks_and_bad_inputs():
     assert block_masks((0, 0, 1, 1, 2, 2), [1, 2, 3, 5]) == {0: 0b10, 1: 0b11, 2: 0b10}
     cost = table_profile(0, 2, 2)
@@ -296,3 +308,20 @@ def test_a_fedpilot_run_at_module_granularity_learns(tmp_path):
     halves = [[j for j in c["units"] if j ^ 1 not in c["units"]] for c in clients]
     assert any(halves)  # some client trains one Linear of a block (unit j) without the other (unit j ^ 1)
     assert json.loads((run_dir / "summary.json").read_text())["unit_names"][-1] == "5.value"
+
+
+def test_blocks_of_different_widths_are_solved_exactly():
+    blocks, rng = (0, 0, 1, 2, 2, 2), np.random.default_rng(11)
+    widths = [blocks.count(b) for b in range(3)]
+    lowest = tuple(tuple(int((3 - b) * 30 * MiB + rng.integers(1, 9 * MiB)) for _ in range(2**w - 1))
+                   for b, w in enumerate(widths))
+    above = tuple(tuple(int(rng.integers(1, 7 * MiB)) for _ in range(2**w - 1)) for w in widths)
+    zeros = tuple((0.0,) * (2**w - 1) for w in widths)
+    cost = replace(table_profile(0, 3, 2), state=(MiB,) * 6, blocks=blocks, lowest=lowest, above=above,
+                   lowest_per_example=zeros, above_per_example=zeros)
+    for budget in (cost.fixed_mem + 40 * MiB, cost.fixed_mem + 70 * MiB, cost.fixed_mem + 120 * MiB):
+        values = rng.random((6, 1))
+        got = solve_module_assignment(values, blocks, lowest, above, cost.fixed_mem, budget, mem_grid=1)
+        feasible = [s for r in range(7) for s in itertools.combinations(range(6), r) if mem_of(cost, s) <= budget]
+        assert got.value == pytest.approx(max(values[list(s), 0].sum() for s in feasible))
+        assert got.mem_bytes == mem_of(cost, got.units) <= budget

@@ -114,8 +114,8 @@ def solve_assignment(
     path = _byte_array("path_mem", path_mem, value.shape)
     unit = _byte_array("unit_mem", unit_mem, value.shape)
     upload = _upload_array(unit_upload, upload_budget, value.shape)
-    got = _solve(value[:, None], path, unit[:, None], upload[:, None], fixed_mem, mem_budget, upload_budget,
-                 (mem_grid, upload_grid))
+    got = _solve(value[:, None], (path + unit)[:, None], unit[:, None], upload[:, None], fixed_mem, mem_budget,
+                 upload_budget, (mem_grid, upload_grid))
     return Assignment(got.units, got.value, got.mem_bytes, got.upload_bytes)
 
 

@@ -25,7 +25,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from fedpilot.assign.knapsack import RankAssignment, solve_lowest_assignment
-from fedpilot.memory.cost import block_masks
 
 BlockOption = tuple[int, ...]
 """One option of a block: each of its units' rank option, -1 where the unit is not trained."""
@@ -60,27 +59,41 @@ def solve_module_assignment(
     if value.ndim != 2 or value.shape[0] != len(blocks):
         raise ValueError(f"values must be (units x rank options) with {len(blocks)} units, got shape {value.shape}")
     save = np.zeros(value.shape) if saving is None else np.asarray(saving, dtype=float)
-    upload = None if unit_upload is None else np.asarray(unit_upload, dtype=float)
+    upload = np.zeros(value.shape) if unit_upload is None else np.asarray(unit_upload, dtype=float)
     members = [[j for j, b in enumerate(blocks) if b == block] for block in sorted(set(blocks))]
     options = block_options(max(len(m) for m in members), value.shape[1])
-    never = float(mem_budget) + 1
-    arrays = [np.zeros((len(members), len(options))) for _ in range(4)]
-    item_value, item_lowest, item_above, item_upload = arrays
-    for i, units in enumerate(members):
-        for o, combo in enumerate(options):
-            if any(c >= 0 for c in combo[len(units):]):
-                item_lowest[i, o] = item_above[i, o] = never
-                continue
-            picked = [(j, c) for j, c in zip(units, combo) if c >= 0]
-            mask = block_masks(blocks, [j for j, _ in picked])[blocks[units[0]]]
-            saved = sum(save[j, c] for j, c in picked)
-            item_value[i, o] = sum(value[j, c] for j, c in picked)
-            item_lowest[i, o] = max(0.0, lowest[i][mask - 1] - saved)
-            item_above[i, o] = max(0.0, above[i][mask - 1] - saved)
-            item_upload[i, o] = 0 if upload is None else sum(upload[j, c] for j, c in picked)
+    item_value, item_lowest, item_above, item_upload = _block_items(np.array(options), members, value, save, upload,
+                                                                    (lowest, above), float(mem_budget) + 1)
     chosen = solve_lowest_assignment(item_value, item_lowest, item_above, fixed_mem, mem_budget,
-                                     None if upload is None else item_upload, upload_budget, mem_grid, upload_grid)
+                                     None if unit_upload is None else item_upload, upload_budget, mem_grid,
+                                     upload_grid)
     pairs = [(j, c) for i, o in zip(chosen.units, chosen.options)
              for j, c in zip(members[i], options[o]) if c >= 0]
     return RankAssignment(tuple(j for j, _ in pairs), tuple(c for _, c in pairs), chosen.value,
                           chosen.mem_bytes, chosen.upload_bytes)
+
+
+def _block_items(combos: np.ndarray, members: list[list[int]], value: np.ndarray, save: np.ndarray,
+                 upload: np.ndarray, tables: tuple[tuple[tuple[int, ...], ...], ...],
+                 never: float) -> tuple[np.ndarray, ...]:
+    """(value, lowest_mem, unit_mem, upload), each (blocks x options), of every option of every block;
+    `never` bytes of memory where an option trains a unit the block lacks."""
+    width = combos.shape[1]
+    units = np.array([m + [m[-1]] * (width - len(m)) for m in members])
+    trained = combos >= 0
+    lacking = trained[None] & (np.arange(width)[None, None] >= np.array([len(m) for m in members])[:, None, None])
+    valid = ~lacking.any(axis=2)
+
+    def summed(table: np.ndarray) -> np.ndarray:
+        """Per block and option, the sum over its trained units of their entry at their rank option."""
+        return np.where(trained[None], table[units[:, None, :], combos.clip(min=0)[None]], 0.0).sum(axis=2)
+
+    mask = (trained * (1 << np.arange(width))).sum(axis=1)
+    saved = summed(save)
+    costs = []
+    for table in tables:
+        padded = np.full((len(members), 2**width - 1), never)
+        for b, row in enumerate(table):
+            padded[b, :len(row)] = row
+        costs.append(np.where(valid, np.maximum(padded[:, mask - 1] - saved, 0.0), never))
+    return np.where(valid, summed(value), 0.0), costs[0], costs[1], np.where(valid, summed(upload), 0.0)

@@ -26,7 +26,7 @@ from transformers import PretrainedConfig
 from fedpilot.memory.build import AUTOCAST, build_model, make_batch
 from fedpilot.memory.cost import CostProfile
 from fedpilot.memory.meta import meta_like_cpu
-from fedpilot.memory.profiler import measure_saved, measure_step
+from fedpilot.memory.profiler import ProfileError, measure_saved, measure_step
 from fedpilot.models.units import UnitMap, module_units
 
 MAX_MODULES_PER_BLOCK = 6
@@ -74,7 +74,7 @@ def module_profile(block_profile: CostProfile, config: PretrainedConfig, dtype: 
 
     M_peak is the larger of the block profile's and every measured step's transient. Per-unit `path`
     and `lora` are the single-unit split (Mem({j}) = fixed_mem + path[j] + unit_mem[j], unit_mem[j] =
-    above[b][{j}]), for tables and reach. Raises ValueError when a block has more than
+    above[b][{j}]), for tables and reach. Raises ProfileError (a ModelError) when a block has more than
     MAX_MODULES_PER_BLOCK adapted Linears.
     """
     p = block_profile
@@ -83,7 +83,7 @@ def module_profile(block_profile: CostProfile, config: PretrainedConfig, dtype: 
     per_block = block_units(unit_map)
     widest = max(len(units) for units in per_block)
     if widest > MAX_MODULES_PER_BLOCK:
-        raise ValueError(f"module granularity measures every subset of a block's adapted Linears; {widest} per "
+        raise ProfileError(f"lora.granularity=module measures every subset of a block's adapted Linears; {widest} per "
                          f"block is more than {MAX_MODULES_PER_BLOCK}: name fewer lora.targets")
     lowest, above = table_plans(unit_map)
     plans = [(), *lowest, *above]
