@@ -19,7 +19,7 @@ from fedpilot.assign.knapsack import solve_rank_assignment
 from fedpilot.assign.modules import block_options, solve_module_assignment
 from fedpilot.config import ConfigError, load_config
 from fedpilot.memory.build import build_model, make_batch
-from fedpilot.memory.cost import CostProfile, MiB, block_masks, mem_of
+from fedpilot.memory.cost import CostProfile, KiB, MiB, block_masks, mem_of
 from fedpilot.memory.profiler import ProfileError, measure_step, profile
 from fedpilot.models.loading import add_lora
 from fedpilot.models.rank import mem_at_ranks
@@ -155,12 +155,13 @@ def test_training_only_the_top_value_projections_saves_what_the_cost_model_says(
 
 
 def table_profile(seed: int, blocks: int, width: int) -> CostProfile:
-    """A module profile with random lowest/above tables (bytes) over `blocks` blocks of `width` units."""
+    """A module profile with random lowest/above tables (whole KiB, so a 1 KiB grid rounds nothing) over
+    `blocks` blocks of `width` units."""
     rng = np.random.default_rng(seed)
     n, masks = blocks * width, 2**width - 1
     path = [(blocks - b) * 40 * MiB for b in range(blocks)]
-    lowest = tuple(tuple(int(path[b] + rng.integers(1, 8 * MiB)) for _ in range(masks)) for b in range(blocks))
-    above = tuple(tuple(int(rng.integers(1, 6 * MiB)) for _ in range(masks)) for _ in range(blocks))
+    lowest = tuple(tuple(int(path[b] + KiB * rng.integers(1, 8192)) for _ in range(masks)) for b in range(blocks))
+    above = tuple(tuple(int(KiB * rng.integers(1, 6144)) for _ in range(masks)) for _ in range(blocks))
     zeros = tuple((0.0,) * masks for _ in range(blocks))
     return CostProfile(model="synthetic", batch=8, length=32, dtype="fp32", rank=8, targets=("query", "value"),
                        frozen=100 * MiB, head=MiB, head_path=MiB, peak=MiB, state=(MiB,) * n, path=(0,) * n,
@@ -173,7 +174,7 @@ def brute_force(cost: CostProfile, values: np.ndarray, ranks: list[int], budget:
                 upload_budget: int | None) -> float:
     """Best value over every set of units at every rank option (Mem_r by `mem_at_ranks`)."""
     n, best = cost.num_units, 0.0
-    weight = [MiB // 3] * n
+    weight = [MiB] * n
     for choice in itertools.product(range(-1, len(ranks)), repeat=n):
         picked = {j: o for j, o in enumerate(choice) if o >= 0}
         memory = mem_at_ranks(cost, {j: ranks[o] for j, o in picked.items()}, weight)
@@ -188,7 +189,7 @@ def brute_force(cost: CostProfile, values: np.ndarray, ranks: list[int], budget:
 def test_module_knapsack_is_exact_against_brute_force(seed, blocks, width, ranks, two):
     cost = table_profile(seed, blocks, width)
     rng = np.random.default_rng(100 + seed)
-    n, weight = cost.num_units, [MiB // 3] * cost.num_units
+    n, weight = cost.num_units, [MiB] * cost.num_units
     saving = np.array([[(8 - r) * (cost.state[j] + weight[j]) / 8 for r in ranks] for j in range(n)])
     upload = np.array([[1000 * r // 8 for r in ranks] for _ in range(n)])
     for trial in range(4):
@@ -196,7 +197,7 @@ def test_module_knapsack_is_exact_against_brute_force(seed, blocks, width, ranks
         budget = cost.fixed_mem + int(rng.integers(20, 40 * blocks)) * MiB
         upload_budget = int(rng.integers(1000, 1000 * n)) if two else None
         got = solve_module_assignment(values, cost.blocks, cost.lowest, cost.above, cost.fixed_mem, budget, saving,
-                                      upload if two else None, upload_budget, mem_grid=1, upload_grid=1)
+                                      upload if two else None, upload_budget, mem_grid=KiB, upload_grid=1)
         expected = brute_force(cost, values, ranks, budget, upload, upload_budget)
         assert got.value == pytest.approx(expected), trial
         chosen = dict(zip(got.units, (ranks[o] for o in got.options)))
@@ -313,15 +314,15 @@ def test_a_fedpilot_run_at_module_granularity_learns(tmp_path):
 def test_blocks_of_different_widths_are_solved_exactly():
     blocks, rng = (0, 0, 1, 2, 2, 2), np.random.default_rng(11)
     widths = [blocks.count(b) for b in range(3)]
-    lowest = tuple(tuple(int((3 - b) * 30 * MiB + rng.integers(1, 9 * MiB)) for _ in range(2**w - 1))
+    lowest = tuple(tuple(int((3 - b) * 30 * MiB + KiB * rng.integers(1, 9216)) for _ in range(2**w - 1))
                    for b, w in enumerate(widths))
-    above = tuple(tuple(int(rng.integers(1, 7 * MiB)) for _ in range(2**w - 1)) for w in widths)
+    above = tuple(tuple(int(KiB * rng.integers(1, 7168)) for _ in range(2**w - 1)) for w in widths)
     zeros = tuple((0.0,) * (2**w - 1) for w in widths)
     cost = replace(table_profile(0, 3, 2), state=(MiB,) * 6, blocks=blocks, lowest=lowest, above=above,
                    lowest_per_example=zeros, above_per_example=zeros)
     for budget in (cost.fixed_mem + 40 * MiB, cost.fixed_mem + 70 * MiB, cost.fixed_mem + 120 * MiB):
         values = rng.random((6, 1))
-        got = solve_module_assignment(values, blocks, lowest, above, cost.fixed_mem, budget, mem_grid=1)
+        got = solve_module_assignment(values, blocks, lowest, above, cost.fixed_mem, budget, mem_grid=KiB)
         feasible = [s for r in range(7) for s in itertools.combinations(range(6), r) if mem_of(cost, s) <= budget]
         assert got.value == pytest.approx(max(values[list(s), 0].sum() for s in feasible))
         assert got.mem_bytes == mem_of(cost, got.units) <= budget
