@@ -10,6 +10,12 @@ parameter to upload (bf16). The upload budget is 40 % of all units' upload, so i
 Rank case: each unit may instead train at rank 4, 8 or 16 (options r/4, r/2, r); its LoRA memory and
 upload scale with the rank, its activations (path_mem) do not, and its random values are sorted so a
 higher rank is worth at least as much. The upload budget stays 40 % of all units' full-rank upload.
+
+Module case (`lora.granularity: module`): the same model at 24 blocks, each block's LoRA split into two
+module units of half its parameters (48 units), solved exactly over blocks of module units
+(`assign/modules.py`). As the lowest block, a set without the first module keeps a quarter of that
+block's activations less; the block's shared input (64 MiB) is paid once whichever of its modules train.
+Memory and upload (40 % of all units' upload) both bind.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedpilot.assign.knapsack import solve_assignment, solve_rank_assignment
+from fedpilot.assign.modules import solve_module_assignment
 
 GiB = 2**30
 BUDGET = 8 * GiB
@@ -69,6 +76,33 @@ def rank_median_ms(n: int, rng: np.random.Generator) -> float:
     return 1e3 * statistics.median(times)
 
 
+def module_tables(blocks: int) -> dict:
+    """Module-case costs: lowest/above tables per block and mask (2 modules), per-unit upload (see docstring)."""
+    model = costs(blocks)
+    half, shared, step = int(model["unit_mem"][0]) // 2, 64 * 2**20, 9 * GiB // blocks
+    def extra(mask: int) -> int:
+        """Bytes of the mask's modules and their shared input."""
+        return half * bin(mask).count("1") + shared
+    lowest = tuple(tuple(int(model["path_mem"][b]) - (0 if mask & 1 else step // 4) + extra(mask) for mask in (1, 2, 3))
+                   for b in range(blocks))
+    above = tuple(tuple(extra(mask) for mask in (1, 2, 3)) for _ in range(blocks))
+    upload = np.full((2 * blocks, 1), int(model["unit_upload"][0]) // 2)
+    return dict(blocks=tuple(j // 2 for j in range(2 * blocks)), lowest=lowest, above=above,
+                fixed_mem=model["fixed_mem"], unit_upload=upload, upload_budget=int(0.4 * upload.sum()))
+
+
+def module_median_ms(blocks: int, rng: np.random.Generator) -> float:
+    """Median wall time in ms of one solve over 2 x `blocks` module units, memory + upload, 8 GiB budget."""
+    model = module_tables(blocks)
+    times = []
+    for _ in range(REPEATS):
+        values = rng.random((2 * blocks, 1))
+        start = time.perf_counter()
+        solve_module_assignment(values, mem_budget=BUDGET, **model)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def clients_seconds(n: int, rng: np.random.Generator) -> float:
     """Wall time in s to assign CLIENTS clients, memory only, budgets uniform in 4..16 GiB."""
     model = costs(n)
@@ -88,13 +122,15 @@ def main() -> None:
     clients_s = clients_seconds(24, rng)
     rank_ms = rank_median_ms(24, np.random.default_rng(1))
     cases.append({"units": 24, "ranks": RANK_FRACTIONS.size, "resources": 2, "median_ms": round(rank_ms, 4)})
+    module_ms = module_median_ms(24, np.random.default_rng(2))
+    cases.append({"units": 48, "ranks": 1, "resources": 2, "granularity": "module", "median_ms": round(module_ms, 4)})
     result = {"cases": cases, "clients_1000_s": round(clients_s, 4), "command": "python benchmarks/knapsack.py"}
     table = Table(title="Exact LoRA-unit assignment, 8 GiB budget, 1 MiB grid", min_width=60)
-    for column in ("units", "ranks", "resources", "median ms", "goal ms"):
+    for column in ("units", "granularity", "ranks", "resources", "median ms", "goal ms"):
         table.add_column(column, justify="right")
     for case in cases:
-        table.add_row(str(case["units"]), str(case["ranks"]), str(case["resources"]), f"{case['median_ms']:.3f}",
-                      "< 1" if case["resources"] == 1 else "< 10")
+        table.add_row(str(case["units"]), case.get("granularity", "block"), str(case["ranks"]),
+                      str(case["resources"]), f"{case['median_ms']:.3f}", "< 1" if case["resources"] == 1 else "< 10")
     console = Console()
     console.print(table)
     console.print(f"{CLIENTS} clients, 24 units, memory only, budgets 4-16 GiB: {result['clients_1000_s']:.3f} s")

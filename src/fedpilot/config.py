@@ -137,6 +137,9 @@ class LoraConfig(_Section):
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
     targets: list[str] = Field(["query", "value"], min_length=1, description="Linear module names that get LoRA")
+    granularity: Literal["block", "module"] = Field(
+        "block", description="what a unit is: one transformer block's adapters (block), or each adapted Linear, "
+                             "e.g. block 3's value projection '3.value' (module)")
 
 
 class TrainConfig(_Section):

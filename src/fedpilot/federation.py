@@ -21,8 +21,8 @@ from fedpilot.data.sources import DataError, DroppedRows, TextData, load_text_da
 from fedpilot.data.tokenize import tokenize
 from fedpilot.memory.cost import CostProfile
 from fedpilot.memory.profiler import profile
-from fedpilot.models.loading import add_lora, load_classifier, load_tokenizer, resolve_model_path
-from fedpilot.models.units import UnitMap, adapter_state, discover_units
+from fedpilot.models.loading import ModelError, add_lora, load_classifier, load_tokenizer, resolve_model_path
+from fedpilot.models.units import UnitMap, adapter_state, units_at
 
 
 PROFILE_MODE = {"fp32": {"dtype": "fp32", "device": "meta"}, "bf16": {"dtype": "amp-bf16", "device": "cpu"}}
@@ -121,7 +121,11 @@ def build_federation(config: Config) -> Federation:
     settings = TrainSettings(train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay,
                              train_cfg.precision, train_cfg.device)
     full_test = tokenize(text.test, tokenizer, config.model.max_length) if config.eval.final_full else None
-    return Federation(model, discover_units(model), client_data, test, val, text.label_names, settings, cost, budgets,
+    unit_map = units_at(model, lora.granularity)
+    if len(unit_map.units) != cost.num_units:
+        raise ModelError(f"the model has {len(unit_map.units)} {lora.granularity} units but its cost profile "
+                         f"{cost.num_units}; check lora.targets and lora.granularity")
+    return Federation(model, unit_map, client_data, test, val, text.label_names, settings, cost, budgets,
                       full_test, majority_rate(text.test), text.dropped)
 
 
@@ -137,7 +141,8 @@ def profile_budgets(config: Config, num_labels: int) -> tuple[CostProfile, list[
     """
     lora, train_cfg = config.lora, config.train
     cost = profile(str(resolve_model_path(config.model.path)), train_cfg.batch_size, config.model.max_length,
-                   rank=lora.rank, targets=lora.targets, num_labels=num_labels, **PROFILE_MODE[train_cfg.precision])
+                   rank=lora.rank, targets=lora.targets, num_labels=num_labels, granularity=lora.granularity,
+                   **PROFILE_MODE[train_cfg.precision])
     groups = [(g.share, g.memory, g.upload) for g in config.clients.groups]
     return cost, client_budgets(groups, config.clients.num_clients, cost, config.clients.unaffordable)
 

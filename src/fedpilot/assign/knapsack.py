@@ -89,7 +89,8 @@ def memory_of(units: Iterable[int], path_mem: ArrayLike, unit_mem: ArrayLike, fi
     path = _byte_array("path_mem", path_mem)
     unit = _byte_array("unit_mem", unit_mem, (path.size,))[:, None]
     chosen = _unit_indices(units, path.size)
-    return _memory(chosen, (0,) * len(chosen), math.ceil(_non_negative("fixed_mem", fixed_mem)), path, unit)
+    return _memory(chosen, (0,) * len(chosen), math.ceil(_non_negative("fixed_mem", fixed_mem)), path[:, None] + unit,
+                   unit)
 
 
 def solve_assignment(
@@ -113,8 +114,8 @@ def solve_assignment(
     path = _byte_array("path_mem", path_mem, value.shape)
     unit = _byte_array("unit_mem", unit_mem, value.shape)
     upload = _upload_array(unit_upload, upload_budget, value.shape)
-    got = _solve(value[:, None], path, unit[:, None], upload[:, None], fixed_mem, mem_budget, upload_budget,
-                 (mem_grid, upload_grid))
+    got = _solve(value[:, None], (path + unit)[:, None], unit[:, None], upload[:, None], fixed_mem, mem_budget,
+                 upload_budget, (mem_grid, upload_grid))
     return Assignment(got.units, got.value, got.mem_bytes, got.upload_bytes)
 
 
@@ -145,17 +146,40 @@ def solve_rank_assignment(
     path = _byte_array("path_mem", path_mem, value.shape[:1])
     unit = _byte_array("unit_mem", unit_mem, value.shape)
     upload = _upload_array(unit_upload, upload_budget, value.shape)
-    return _solve(value, path, unit, upload, fixed_mem, mem_budget, upload_budget, (mem_grid, upload_grid))
+    return _solve(value, path[:, None] + unit, unit, upload, fixed_mem, mem_budget, upload_budget,
+                  (mem_grid, upload_grid))
+
+
+def solve_lowest_assignment(
+    values: ArrayLike,
+    lowest_mem: ArrayLike,
+    unit_mem: ArrayLike,
+    fixed_mem: int,
+    mem_budget: int,
+    unit_upload: ArrayLike | None = None,
+    upload_budget: int | None = None,
+    mem_grid: int = 2**20,
+    upload_grid: int = 4096,
+) -> RankAssignment:
+    """`solve_rank_assignment` with the lowest chosen unit's cost given per option: lowest_mem (n, m) is
+    what unit k at option o costs beyond fixed_mem when it is the lowest (path_mem[k] + unit_mem[k, o]
+    there), so Mem(S, o) = fixed_mem + lowest_mem[k, o_k] + sum_{j in S, j > k} unit_mem[j, o_j].
+    Same rounding, ties, result and errors (`lowest_mem` checked like `unit_mem`)."""
+    value = _value_array(values, 2)
+    lowest = _byte_array("lowest_mem", lowest_mem, value.shape)
+    unit = _byte_array("unit_mem", unit_mem, value.shape)
+    upload = _upload_array(unit_upload, upload_budget, value.shape)
+    return _solve(value, lowest, unit, upload, fixed_mem, mem_budget, upload_budget, (mem_grid, upload_grid))
 
 
 def _solve(
-    value: np.ndarray, path: np.ndarray, unit: np.ndarray, upload: np.ndarray, fixed_mem: float, mem_budget: float,
-    upload_budget: float | None, grids: tuple[int, int],
+    value: np.ndarray, lowest: np.ndarray, unit: np.ndarray, upload: np.ndarray, fixed_mem: float,
+    mem_budget: float, upload_budget: float | None, grids: tuple[int, int],
 ) -> RankAssignment:
-    """solve_rank_assignment on checked (n, m) value, (n,) path, (n, m) unit and upload byte arrays."""
+    """solve_lowest_assignment on checked (n, m) value, lowest, unit and upload byte arrays."""
     head, budget = _head_and_budget(fixed_mem, mem_budget)
     grid = _grid("mem_grid", grids[0])
-    base, cells = _cells(head + path[:, None] + unit, grid), _cells(unit, grid)
+    base, cells = _cells(head + lowest, grid), _cells(unit, grid)
     if upload_budget is None:
         up_cells = np.zeros(value.shape, np.int64)
         candidates, choice = _memory_dp(value, base, cells, budget // grid)
@@ -168,7 +192,7 @@ def _solve(
     if chosen is None:
         return RankAssignment((), (), 0.0, head, 0)
     units, options = _walk(chosen, choice, value, cells, up_cells)
-    return RankAssignment(units, options, chosen[0], _memory(units, options, head, path, unit),
+    return RankAssignment(units, options, chosen[0], _memory(units, options, head, lowest, unit),
                           int(upload[list(units), list(options)].sum()))
 
 
@@ -321,9 +345,11 @@ def _walk(
     return tuple(units), tuple(options)
 
 
-def _memory(units: tuple[int, ...], options: tuple[int, ...], head: int, path: np.ndarray, unit: np.ndarray) -> int:
-    """Mem(S, o) in bytes for sorted `units` at `options`."""
-    return head if not units else head + int(path[units[0]]) + int(unit[list(units), list(options)].sum())
+def _memory(units: tuple[int, ...], options: tuple[int, ...], head: int, lowest: np.ndarray, unit: np.ndarray) -> int:
+    """Mem(S, o) in bytes for sorted `units` at `options`: the lowest unit's cost, the others' unit costs."""
+    if not units:
+        return head
+    return head + int(lowest[units[0], options[0]]) + int(unit[list(units[1:]), list(options[1:])].sum())
 
 
 def _pick(candidates: list[Candidate]) -> Candidate | None:

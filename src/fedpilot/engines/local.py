@@ -292,7 +292,7 @@ class RoundServer:
         its summary (summary.json, last: it marks the run finished); returns the summary."""
         summary = summarize(self.rounds, self.offset + time.perf_counter() - self.started)
         summary.update(self.final_evaluation(summary["trained_client_rounds"] > 0),
-                       label_names=self.federation.label_names,
+                       label_names=self.federation.label_names, unit_names=list(self.federation.unit_map.labels),
                        dropped_rows=[dropped.record() for dropped in self.federation.dropped_rows])
         run_dir = self.recorder.run_dir
         last_round = self.rounds[-1]["round"] if self.rounds else 0
@@ -349,7 +349,8 @@ def show_setup(config: Config, federation: Federation, console: Console) -> None
     group's budgets and reach, a warning per group that trains the head only, and the excluded clients."""
     for dropped in federation.dropped_rows:
         console.print(f"[yellow]data:[/] {dropped.describe()}", highlight=False)
-    table, warnings = budget_table(config, federation.profile, federation.budgets, federation.unit_upload())
+    table, warnings = budget_table(config, federation.profile, federation.budgets, federation.unit_upload(),
+                                   federation.unit_map.labels)
     console.print(table)
     for warning in warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)

@@ -13,6 +13,18 @@ AdamW moments; M_head the head's weights, gradients and moments; A_head the acti
 training the head alone saves; a_j the tensors only unit j's own LoRA branches save; M_peak the
 transient peak of a step (the input batch, temporaries, gradients in flight). All are measured
 by `fedpilot.memory.profiler`. Activation terms are affine in the batch size (`at_batch`).
+
+At module granularity (each adapted Linear a unit, `blocks[j]` its block) the Linears of one block
+share inputs and attention, so their costs do not add up unit by unit. Write S_b for the units of S
+in block b (a bit mask over the block's units, in unit order) and b0 for the lowest block of S:
+
+    Mem(S)  = fixed_mem + lowest[b0][S_b0] + sum_{b > b0, S_b non-empty} above[b][S_b]
+
+lowest[b][T] is what training exactly the set T of block b (and nothing below or above) costs beyond
+fixed_mem: activations from block b to the top, T's state and LoRA-saved tensors; above[b][T] is what
+T adds when a lower block is trained (its state, LoRA-saved tensors and the inputs its Linears share).
+Both are measured for every non-empty T (`fedpilot.memory.modules`); block 0 is never above another,
+so its `above` repeats its `lowest`. Tables are indexed [block][mask - 1].
 """
 
 from __future__ import annotations
@@ -65,11 +77,22 @@ class CostProfile:
     path_per_example: tuple[float, ...]
     lora_per_example: tuple[float, ...]
     device: str = "cpu"
+    blocks: tuple[int, ...] = ()
+    """Module granularity: the block of each unit (empty at block granularity)."""
+    lowest: tuple[tuple[int, ...], ...] = ()
+    above: tuple[tuple[int, ...], ...] = ()
+    lowest_per_example: tuple[tuple[float, ...], ...] = ()
+    above_per_example: tuple[tuple[float, ...], ...] = ()
 
     @property
     def num_units(self) -> int:
-        """Number of units (transformer blocks)."""
+        """Number of units (transformer blocks, or adapted Linears at module granularity)."""
         return len(self.state)
+
+    @property
+    def granularity(self) -> str:
+        """"module" when the profile has per-block tables of module units, else "block"."""
+        return "module" if self.blocks else "block"
 
     @property
     def fixed_mem(self) -> int:
@@ -94,7 +117,9 @@ class CostProfile:
         return replace(self, batch=batch, head_path=round(self.head_path + self.head_path_per_example * step),
                        peak=round(self.peak + self.peak_per_example * step),
                        path=tuple(round(v + s * step) for v, s in zip(self.path, self.path_per_example)),
-                       lora=tuple(round(v + s * step) for v, s in zip(self.lora, self.lora_per_example)))
+                       lora=tuple(round(v + s * step) for v, s in zip(self.lora, self.lora_per_example)),
+                       lowest=_table_at(self.lowest, self.lowest_per_example, step),
+                       above=_table_at(self.above, self.above_per_example, step))
 
     def to_json(self) -> dict:
         """A JSON-ready dict of every field."""
@@ -104,18 +129,46 @@ class CostProfile:
     def from_json(cls, data: dict) -> CostProfile:
         """Inverse of `to_json` (lists become tuples)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+        return cls(**{k: _tuples(v) for k, v in data.items() if k in names})
+
+
+def _tuples(value: object) -> object:
+    """Lists, nested ones too, as tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _table_at(table: tuple[tuple[int, ...], ...], slopes: tuple[tuple[float, ...], ...],
+              step: int) -> tuple[tuple[int, ...], ...]:
+    """A [block][mask - 1] table moved `step` examples along its per-example slopes."""
+    return tuple(tuple(round(v + s * step) for v, s in zip(row, row_slopes)) for row, row_slopes in zip(table, slopes))
 
 
 def mem_of(profile: CostProfile, units: Iterable[int]) -> int:
-    """Mem(S) in bytes: fixed_mem + path_mem[min S] + sum_{j in S} unit_mem[j], or fixed_mem for S = {}."""
+    """Mem(S) in bytes: fixed_mem + path_mem[min S] + sum_{j in S} unit_mem[j], or fixed_mem for S = {};
+    at module granularity the per-block tables of the module docstring."""
     chosen = sorted(set(units))
     if any(not 0 <= j < profile.num_units for j in chosen):
         raise ValueError(f"units {chosen} out of range 0..{profile.num_units - 1}")
     if not chosen:
         return profile.fixed_mem
+    if profile.blocks:
+        masks = block_masks(profile.blocks, chosen)
+        low = min(masks)
+        return (profile.fixed_mem + profile.lowest[low][masks[low] - 1]
+                + sum(profile.above[b][mask - 1] for b, mask in masks.items() if b != low))
     unit = profile.unit_mem
     return profile.fixed_mem + profile.path_mem[chosen[0]] + sum(unit[j] for j in chosen)
+
+
+def block_masks(blocks: tuple[int, ...], units: Iterable[int]) -> dict[int, int]:
+    """{block: bit mask of its units in `units`} for module units whose blocks are `blocks` (bit i = the
+    block's i-th unit in unit order); blocks with none of the units are left out."""
+    first = {b: blocks.index(b) for b in set(blocks)}
+    masks: dict[int, int] = {}
+    for j in units:
+        b = blocks[j]
+        masks[b] = masks.get(b, 0) | 1 << (j - first[b])
+    return masks
 
 
 def save_profile(profile: CostProfile, path: Path) -> Path:

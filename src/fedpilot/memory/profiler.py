@@ -29,7 +29,7 @@ from fedpilot.memory.depth import depth_of, extend, truncated
 from fedpilot.memory.meta import meta_like_cpu
 from fedpilot.memory.meters import AllocationMeter, SavedBytesMeter, SavedStorage
 from fedpilot.models.loading import ModelError
-from fedpilot.models.units import UnitMap, set_trainable
+from fedpilot.models.units import GRANULARITIES, UnitMap, set_trainable
 
 DEVICES = ("cpu", "meta")
 
@@ -184,14 +184,15 @@ def measure_plans(model: nn.Module, unit_map: UnitMap, config: PretrainedConfig,
 
 def profile(model: str, batch: int, seq: int = 128, image_size: int | None = None, dtype: str = "fp32",
             rank: int = 8, targets: Iterable[str] | None = None, device: str = "meta", num_labels: int = 2,
-            use_cache: bool = True) -> CostProfile:
+            use_cache: bool = True, granularity: str = "block") -> CostProfile:
     """Measured cost profile of a model folder / config.json at a batch size and sequence length or image size.
 
     Full steps of every plan at `batch`; at `batch + 1` forwards only (saved bytes) plus one full step
     of the plan with the largest transient, which give each activation term's bytes per example.
+    With `granularity` "module" each adapted Linear is a unit (`fedpilot.memory.modules`).
     Raises ModelError for a LoRA target the model lacks (its Linear layers are listed).
     """
-    _check(batch, seq, image_size, dtype, device, rank)
+    _check(batch, seq, image_size, dtype, device, rank, granularity)
     config = load_model_config(model, num_labels)
     if is_image_model(config) and image_size:
         config.image_size = image_size
@@ -201,11 +202,16 @@ def profile(model: str, batch: int, seq: int = 128, image_size: int | None = Non
     targets = tuple(sorted(targets or default_targets_of(config)))
     key = {"model": str(Path(model).resolve()) if Path(model).exists() else model, "config": config.to_json_string(),
            "batch": batch, "length": length, "dtype": dtype, "rank": rank, "targets": targets,
-           "torch": torch.__version__, "transformers": transformers.__version__, "format": 2}
+           "torch": torch.__version__, "transformers": transformers.__version__, "format": 2,
+           **({"granularity": granularity} if granularity != "block" else {})}
     path = cache_path(key)
     if use_cache and path.is_file():
         return load_profile(path)
     result = measure_profile(config, batch, length, dtype, rank, targets, device, model)
+    if granularity == "module":
+        from fedpilot.memory.modules import module_profile  # it builds on this module's steps
+
+        result = module_profile(result, config, dtype, device)
     if use_cache:
         save_profile(result, path)
     return result
@@ -282,7 +288,8 @@ def _slope(here: int | tuple[int, ...], there: int | tuple[int, ...], step: int)
     return (here - there) / step
 
 
-def _check(batch: int, seq: int, image_size: int | None, dtype: str, device: str, rank: int) -> None:
+def _check(batch: int, seq: int, image_size: int | None, dtype: str, device: str, rank: int,
+           granularity: str = "block") -> None:
     """Reject sizes, dtypes and devices the profiler cannot use."""
     if dtype not in DTYPES:
         raise ProfileError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
@@ -290,6 +297,8 @@ def _check(batch: int, seq: int, image_size: int | None, dtype: str, device: str
         raise ProfileError(f"device must be one of {list(DEVICES)}, got {device!r}")
     if dtype in AUTOCAST and device == "meta":
         raise ProfileError(f"dtype {dtype!r} runs under autocast, which torch lacks on meta: use device cpu")
+    if granularity not in GRANULARITIES:
+        raise ProfileError(f"granularity must be one of {list(GRANULARITIES)}, got {granularity!r}")
     if min(batch, seq, rank, image_size or 1) <= 0:
         raise ProfileError(f"batch, seq, rank and image size must be positive, "
                            f"got {batch}, {seq}, {rank}, {image_size}")

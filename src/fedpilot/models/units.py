@@ -1,6 +1,8 @@
 """Units of a LoRA model: the transformer blocks in order, their adapter tensors, and the head.
 
-A unit is what the assignment picks: one block's LoRA adapters. Training a set S makes exactly
+A unit is what the assignment picks: one block's LoRA adapters (`granularity` "block"), or one
+adapted Linear of a block, e.g. block 3's value projection "3.value" ("module"; `module_units`
+splits the block map, bottom to top and in module order within a block). Training a set S makes exactly
 those adapters and the head require grad. Everything else is frozen, so autograd records no graph
 (and saves no activations) for any block below min(S): their inputs and weights need no grad.
 """
@@ -13,15 +15,24 @@ import torch
 from torch import nn
 
 HEAD_NAMES = ("classifier", "score")
+GRANULARITIES = ("block", "module")
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One transformer block: its index (0 = lowest), module prefix and LoRA parameter names."""
+    """One unit: its index (0 = lowest), module prefix and LoRA parameter names; a module unit also
+    names its block and its adapted Linear (leaf name, e.g. "value")."""
 
     index: int
     prefix: str
     lora_keys: tuple[str, ...]
+    block: int | None = None
+    module: str = ""
+
+    @property
+    def label(self) -> str:
+        """How records and tables name the unit: "3" (a block) or "3.value" (a module of block 3)."""
+        return f"{self.block}.{self.module}" if self.module else str(self.index)
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,16 @@ class UnitMap:
     def unit_of_key(self) -> dict[str, int]:
         """Map each LoRA parameter name to its unit index."""
         return {key: unit.index for unit in self.units for key in unit.lora_keys}
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Each unit's label ("3" or "3.value"), bottom to top."""
+        return tuple(unit.label for unit in self.units)
+
+    @property
+    def granularity(self) -> str:
+        """"module" when units are single adapted Linears, else "block"."""
+        return "module" if any(unit.module for unit in self.units) else "block"
 
 
 def find_block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -64,6 +85,29 @@ def discover_units(model: nn.Module) -> UnitMap:
     if not any(unit.lora_keys for unit in units):
         raise ValueError("no LoRA parameters inside the transformer blocks; check lora.targets")
     return UnitMap(tuple(units), head)
+
+
+def module_units(blocks: UnitMap) -> UnitMap:
+    """The module-granularity map of a block map: each adapted Linear of each block is a unit, ordered by
+    block, then as the Linears appear in the block (e.g. 0.query, 0.value, 1.query, ...). A module is
+    named by its leaf name, or by its path inside the block where two share a leaf name."""
+    units: list[Unit] = []
+    for block in blocks.units:
+        prefixes = list(dict.fromkeys(key.split(".lora_", 1)[0] + "." for key in block.lora_keys))
+        paths = [prefix[len(block.prefix):-1] for prefix in prefixes]
+        leaves = [path.rsplit(".", 1)[-1] for path in paths]
+        for prefix, path, leaf in zip(prefixes, paths, leaves):
+            keys = tuple(key for key in block.lora_keys if key.startswith(prefix))
+            units.append(Unit(len(units), prefix, keys, block.index, leaf if leaves.count(leaf) == 1 else path))
+    return UnitMap(tuple(units), blocks.head_keys)
+
+
+def units_at(model: nn.Module, granularity: str) -> UnitMap:
+    """The model's units at `granularity` ("block" or "module"); ValueError for another value."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {list(GRANULARITIES)}, got {granularity!r}")
+    blocks = discover_units(model)
+    return module_units(blocks) if granularity == "module" else blocks
 
 
 def set_trainable(model: nn.Module, unit_map: UnitMap, unit_ids: list[int] | tuple[int, ...]) -> list[str]:

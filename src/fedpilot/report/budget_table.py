@@ -26,18 +26,23 @@ def group_budgets(budgets: Sequence[ClientBudget]) -> dict[int, tuple[ClientBudg
     return groups
 
 
-def reach_text(deepest: int | None, num_units: int) -> str:
-    """"blocks 4-5", "block 5" or "head only"."""
+def reach_text(deepest: int | None, num_units: int, labels: Sequence[str] | None = None) -> str:
+    """"blocks 4-5", "block 5" or "head only"; with unit labels "units 4.query-5.value" or "unit 5.value"."""
     if deepest is None:
         return "head only"
-    return f"block {deepest}" if deepest == num_units - 1 else f"blocks {deepest}-{num_units - 1}"
+    word, low, top = ("unit", labels[deepest], labels[-1]) if labels else ("block", deepest, num_units - 1)
+    return f"{word} {top}" if deepest == num_units - 1 else f"{word}s {low}-{top}"
 
 
 def budget_table(config: Config, profile: CostProfile, budgets: Sequence[ClientBudget],
-                 unit_upload: Sequence[int]) -> tuple[Table, list[str]]:
-    """The table of every group's budgets and reach, and a warning per group that trains no unit."""
+                 unit_upload: Sequence[int], labels: Sequence[str] | None = None) -> tuple[Table, list[str]]:
+    """The table of every group's budgets and reach, and a warning per group that trains no unit.
+
+    `labels` name the units (module granularity: "3.value"); by default they are blocks 0..n-1."""
+    labels = labels if profile.granularity == "module" else None
+    top = "unit" if labels else "block"
     table = Table(title=f"client budgets at batch {profile.batch}, {profile.length} tokens: head only "
-                        f"{human(profile.fixed_mem)}, top block {human(top_unit_memory(profile))}, "
+                        f"{human(profile.fixed_mem)}, top {top} {human(top_unit_memory(profile))}, "
                         f"one unit's upload {human(max(unit_upload))}")
     for column in ("group", "clients", "memory", "upload", "can train", "upload carries"):
         table.add_column(column, justify="right")
@@ -51,7 +56,8 @@ def budget_table(config: Config, profile: CostProfile, budgets: Sequence[ClientB
             continue
         deepest = deepest_unit(profile, budget.memory, unit_upload, budget.upload)
         table.add_row(str(index), _ids(clients), f"{group.memory} = {human(budget.memory)}", upload,
-                      reach_text(deepest, profile.num_units), f"{upload_units(unit_upload, budget.upload)} units")
+                      reach_text(deepest, profile.num_units, labels),
+                      f"{upload_units(unit_upload, budget.upload)} units")
         if deepest is None:
             warnings.append(_head_only_warning(index, group.memory, budget, profile, unit_upload))
     return table, warnings

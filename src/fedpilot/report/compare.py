@@ -295,6 +295,12 @@ def paired_texts(groups: dict[tuple[str, str, str], list[RunResult]], anchor: st
     return texts
 
 
+def unit_names(groups: dict[tuple[str, str, str], list[RunResult]]) -> dict[tuple[str, str, str], list[str]]:
+    """Per setting, the unit labels its runs recorded (`unit_names` in summary.json; older runs have none)."""
+    return {key: members[0].summary["unit_names"] for key, members in groups.items()
+            if members and "unit_names" in members[0].summary}
+
+
 def write_tables(out_dir: Path, rows: list[dict[str, Any]], groups: dict[tuple[str, str, str], list[RunResult]],
                  paired_with: str | None, regime: str | None = None) -> list[Path]:
     """table.md, table.csv, pivot.md, units.md and, with an anchor method, paired.md / .csv; returns their paths."""
@@ -303,7 +309,8 @@ def write_tables(out_dir: Path, rows: list[dict[str, Any]], groups: dict[tuple[s
              **({"pivot-val.md": pivot_markdown(rows, "final_val")} if any(r["final_val_mean"] is not None
                                                                             for r in rows) else {}),
              "units.md": unit_use_markdown(unit_use_rows({key: [r.rounds for r in members]
-                                                          for key, members in groups.items()}))}
+                                                          for key, members in groups.items()},
+                                                         unit_names(groups)))}
     if paired_with:
         texts.update(paired_texts(groups, paired_with, regime))
     for name, text in texts.items():

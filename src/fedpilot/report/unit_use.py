@@ -50,30 +50,42 @@ def by_budget(client_records: Iterable[Mapping[str, Any]]) -> dict[int | None, l
     return dict(sorted(groups.items(), key=lambda item: (item[0] is None, item[0] or 0)))
 
 
-def unit_use_rows(settings: Mapping[tuple[str, str, str], Sequence[Sequence[Mapping[str, Any]]]]) -> list[dict[str, Any]]:
+def unit_use_rows(settings: Mapping[tuple[str, str, str], Sequence[Sequence[Mapping[str, Any]]]],
+                  names: Mapping[tuple[str, str, str], Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """One row per (dataset, partition, method, budget) with the share of client-rounds training each unit.
 
-    `settings` maps (dataset, partition, method) to the round records of each of its runs.
+    `settings` maps (dataset, partition, method) to the round records of each of its runs; `names` to
+    its units' labels ("3", or "3.value" at module granularity; the runs' `unit_names`). A setting
+    without names gets "0".."n-1" over the units any setting without names trained.
     """
+    names = names or {}
     clients = {key: [c for rounds in runs for record in rounds for c in record["clients"]]
                for key, runs in settings.items()}
-    units = unit_count(c for records in clients.values() for c in records)
+    units = unit_count(c for key, records in clients.items() if key not in names for c in records)
     rows = []
-    for (dataset, partition, method), records in clients.items():
+    for key, records in clients.items():
+        labels = list(names.get(key, [str(j) for j in range(units)]))
         for budget, members in by_budget(records).items():
-            rows.append({"dataset": dataset, "partition": partition, "method": method, "budget": budget,
-                         "client_rounds": len(members), "shares": unit_shares(members, units),
-                         "ranks": unit_ranks(members, units)})
+            rows.append({"dataset": key[0], "partition": key[1], "method": key[2], "budget": budget,
+                         "client_rounds": len(members), "names": labels, "shares": unit_shares(members, len(labels)),
+                         "ranks": unit_ranks(members, len(labels))})
     return rows
 
 
 def unit_use_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as a Markdown table, shares in percent (with the mean rank as `r4.5` where known) and
-    budgets in binary units."""
-    units = len(rows[0]["shares"]) if rows else 0
-    header = [*KEY_COLUMNS, *(f"unit {j}" for j in range(units))]
+    """The rows as Markdown tables, shares in percent (with the mean rank as `r4.5` where known) and
+    budgets in binary units; one table per distinct list of unit names (block and module units differ)."""
+    tables: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        tables.setdefault(tuple(row.get("names") or map(str, range(len(row["shares"])))), []).append(row)
+    return "\n\n".join(_markdown(names, members) for names, members in tables.items()) if rows else _markdown((), [])
+
+
+def _markdown(names: tuple[str, ...], rows: Sequence[Mapping[str, Any]]) -> str:
+    """One Markdown table of rows that share the unit names."""
+    header = [*KEY_COLUMNS, *(f"unit {name}" for name in names)]
     cells = [[row["dataset"], row["partition"], row["method"],
               "none" if row["budget"] is None else human(row["budget"]), str(row["client_rounds"]),
               *(f"{share:.0%}" + ("" if rank is None else f" r{rank:.1f}")
-                for share, rank in zip(row["shares"], row.get("ranks") or [None] * units))] for row in rows]
+                for share, rank in zip(row["shares"], row.get("ranks") or [None] * len(names)))] for row in rows]
     return markdown_table(header, cells)

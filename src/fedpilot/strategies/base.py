@@ -36,7 +36,7 @@ class StrategyContext:
 
     @property
     def num_units(self) -> int:
-        """Number of transformer blocks that carry LoRA units."""
+        """Number of units (blocks, or adapted Linears at module granularity)."""
         return len(self.unit_map.units)
 
     def plan(self, client: int, units: tuple[int, ...], rank: int | Sequence[int] | None = None) -> Plan:

@@ -4,7 +4,8 @@ STAgg with DWA merges.
 Assignment (DESIGN 3, extended): an exact multiple-choice knapsack in which each unit is skipped or
 trained at one rank option (`Config.rank_options`, e.g. {r/4, r/2, r}; by default r alone) under memory (a fixed
 cost set by the lowest unit, small per-unit terms above it, `models/rank.mem_at_ranks`) and upload
-(r_c / r of the unit's full-rank bytes). Value (DESIGN 4): the combined IG-Score with an exploration
+(r_c / r of the unit's full-rank bytes); at module granularity over blocks of module units
+(`assign/modules.py`). Value (DESIGN 4): the combined IG-Score with an exploration
 bonus, times the share of it each rank option keeps (`assign/ig_score.py`). Aggregation (DESIGN 5):
 STAgg per unit in product space (B A re-factored by SVD, `aggregate/product.py`) or on A and B,
 with coverage over the clients that could afford the unit; the head is a data-weighted mean over all.
@@ -23,7 +24,9 @@ from fedpilot.aggregate.product import client_products, factors, fill_rank, prod
 from fedpilot.aggregate.stagg import UnitHistory, stagg_round
 from fedpilot.assign.ig_score import (combined_values, full_rank_scores, normalised_report, rank_shares,
                                       update_global)
-from fedpilot.assign.knapsack import solve_rank_assignment
+from fedpilot.assign.budgets import ClientBudget
+from fedpilot.assign.knapsack import RankAssignment, solve_rank_assignment
+from fedpilot.assign.modules import solve_module_assignment
 from fedpilot.client import ClientUpdate, Plan
 from fedpilot.models.rank import unit_saving
 from fedpilot.strategies.base import State, Strategy, StrategyContext
@@ -111,14 +114,29 @@ class FedPilot(Strategy):
             values[j] = value * rank_shares(scores.get(j), self.ranks)
         return values
 
+    def option_savings(self) -> np.ndarray:
+        """(units x rank options) bytes each rank option saves against full rank (`unit_saving`)."""
+        profile, upload = self.context.profile, self.context.unit_upload
+        return np.array([[unit_saving(profile, j, upload, r) for r in self.ranks]
+                         for j in range(self.context.num_units)])
+
     def option_costs(self) -> tuple[np.ndarray, np.ndarray]:
         """(units x rank options) memory bytes (unit term of Mem) and upload bytes."""
-        profile, upload = self.context.profile, self.context.unit_upload
-        full = self.context.config.lora.rank
-        memory = np.array([[profile.unit_mem[j] - unit_saving(profile, j, upload, r) for r in self.ranks]
-                           for j in range(self.context.num_units)])
+        upload, full = self.context.unit_upload, self.context.config.lora.rank
+        memory = np.array(self.context.profile.unit_mem)[:, None] - self.option_savings()
         uploads = np.array([[upload[j] * r // full for r in self.ranks] for j in range(self.context.num_units)])
         return memory, uploads
+
+    def solve(self, values: np.ndarray, budget: ClientBudget, grids: tuple[int, int]) -> RankAssignment:
+        """The knapsack optimum of one client: over units, or over blocks of module units
+        (`assign/modules.py`) at module granularity."""
+        profile = self.context.profile
+        memory, uploads = self.option_costs()
+        if profile.blocks:
+            return solve_module_assignment(values, profile.blocks, profile.lowest, profile.above, profile.fixed_mem,
+                                           budget.memory, self.option_savings(), uploads, budget.upload, *grids)
+        return solve_rank_assignment(values, profile.path_mem, memory, profile.fixed_mem, budget.memory, uploads,
+                                     budget.upload, *grids)
 
     def assign(self, round_number: int, clients: list[int]) -> dict[int, Plan]:
         """The knapsack-optimal units and ranks of each client; head only where nothing fits."""
@@ -127,15 +145,12 @@ class FedPilot(Strategy):
         self.sampled[round_number] = len(clients)
         self.eligible[round_number] = {j: sum(j in units for units in affordable.values())
                                        for j in range(self.context.num_units)}
-        memory, uploads = self.option_costs()
-        mem_grid = cost_grid(profile.unit_mem, 2**20)
-        upload_grid = cost_grid(tuple(int(u) for u in uploads[:, 0]), 4096)
+        _, uploads = self.option_costs()
+        grids = cost_grid(profile.unit_mem, 2**20), cost_grid(tuple(int(u) for u in uploads[:, 0]), 4096)
         plans = {}
         for client in clients:
-            budget = self.context.budgets[client]
-            chosen = solve_rank_assignment(self.option_values(round_number, client, affordable[client]),
-                                           profile.path_mem, memory, profile.fixed_mem, budget.memory, uploads,
-                                           budget.upload, mem_grid, upload_grid)
+            values = self.option_values(round_number, client, affordable[client])
+            chosen = self.solve(values, self.context.budgets[client], grids)
             ranks = tuple(self.ranks[c] for c in chosen.options)
             full = all(r == self.context.config.lora.rank for r in ranks)
             plans[client] = self.context.plan(client, chosen.units, None if full else ranks)
