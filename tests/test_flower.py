@@ -22,7 +22,9 @@ from fedpilot.config import dump_config, load_config
 from fedpilot.engines.flower import instruction, run_flower
 from fedpilot.engines.flower_client import (client_app, federation_for, from_arrays, plan_config, plan_from_config,
                                             to_arrays)
-from fedpilot.engines.local import attempt_client, run_local, split_state, state_bytes
+from fedpilot.engines.client_round import attempt_client
+from fedpilot.engines.local import run_local
+from fedpilot.engines.server import split_state, state_bytes
 from fedpilot.report.records import read_rounds
 
 REPO = Path(__file__).resolve().parent.parent

@@ -108,7 +108,8 @@ def run_header(cfg: Config, engine: str) -> str:
 def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None,
         engine: EngineOption = "local") -> None:
     """Run one federated fine-tuning job (or resume one) and print its results table."""
-    from fedpilot.engines.local import OverBudgetError, resume_local, run_local
+    from fedpilot.engines.local import resume_local, run_local
+    from fedpilot.engines.server import OverBudgetError
     from fedpilot.report.checkpoint import CheckpointError
     from fedpilot.report.records import read_rounds
     from fedpilot.report.tables import round_table, summary_table
@@ -246,7 +247,7 @@ def compare(
                                                             "cores / jobs torch threads")] = 1,
 ) -> None:
     """Run a study's grid of runs (skipping finished ones), then write its tables and plots."""
-    from fedpilot.engines.local import OverBudgetError
+    from fedpilot.engines.server import OverBudgetError
     from fedpilot.report.compare import run_compare
 
     try:

@@ -2,7 +2,8 @@
 
 A node learns its partition from `node_config["partition-id"]` and the run's config from the
 resolved YAML every message carries (`run_config` is empty under simulation); it builds the
-federation once per config hash in its process, then runs the local engine's client code.
+federation once per config hash in its process, then runs the client side both engines share
+(`engines/client_round.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from fedpilot.client import ClientUpdate, Plan, evaluate
 from fedpilot.config import Config, build_config
-from fedpilot.engines.local import Outcome, attempt_client, score_units
+from fedpilot.engines.client_round import Outcome, attempt_client, score_units
 from fedpilot.federation import Federation, build_federation
 from fedpilot.models.units import load_adapter_state
 from fedpilot.strategies.base import State
