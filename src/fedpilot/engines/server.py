@@ -1,9 +1,10 @@
 """The server of a run, whichever engine carries its messages: every server decision of a round.
 
-`RoundServer` samples, requests IG-Scores, plans, aggregates, evaluates, records and checkpoints.
-`engines.local.LocalRun` calls it in one process with `engines.client_round` for the clients;
-`engines.flower` calls the same methods from Flower messages. Every client's randomness comes
-from (seed, round, client), so a run resumed from a checkpoint continues exactly as the
+`RoundServer` samples, requests IG-Scores, plans, checks every reply against its plan
+(`aggregate/validate.py`), aggregates, checks the new global state, evaluates, records and
+checkpoints. `engines.local.LocalRun` calls it in one process with `engines.client_round` for the
+clients; `engines.flower` calls the same methods from Flower messages. Every client's randomness
+comes from (seed, round, client), so a run resumed from a checkpoint continues exactly as the
 uninterrupted run would have.
 """
 
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
+from fedpilot.aggregate.validate import UpdateLimits, names, nonfinite_keys, screen_updates
 from fedpilot.client import ClientUpdate, Plan, evaluate, tensor_bytes
 from fedpilot.config import Config
 from fedpilot.engines.client_round import Outcome
@@ -29,9 +32,20 @@ from fedpilot.report.tensorboard import RoundBoard
 from fedpilot.strategies import StrategyContext, make_strategy
 from fedpilot.strategies.base import State, Strategy
 
+KEPT_ON_REJECTION = ("id", "units", "ranks", "budget_bytes", "download_bytes", "sent_bytes", "score_seconds")
+"""Fields of a client's record kept when its reply is refused (its training metrics are dropped)."""
 
-class OverBudgetError(RuntimeError):
+
+class RunStopped(RuntimeError):
+    """The run cannot go on; the checkpoint of the last complete round is kept."""
+
+
+class OverBudgetError(RunStopped):
     """A client's measured memory exceeded its budget and `clients.on_over_budget` is `fail`."""
+
+
+class NonFiniteStateError(RunStopped):
+    """The global state after an aggregation holds NaN or infinite values."""
 
 
 def client_seed(seed: int, round_number: int, client_id: int) -> int:
@@ -72,11 +86,17 @@ def state_bytes(state: State) -> int:
 
 def client_record(update: ClientUpdate, plan: Plan, scores: dict[int, tuple[float, ...]] | None) -> dict[str, Any]:
     """The per-client part of a round record: plan (with each unit's LoRA rank when below full), budget,
-    estimate, scores and training metrics."""
+    estimate, scores and training metrics (as the client sent them, except names the record's own fields use)."""
     ranks = {} if plan.ranks is None else {"ranks": list(plan.ranks)}
-    return {"id": update.client_id, "examples": update.num_examples, "units": list(plan.units), **ranks,
-            "budget_bytes": plan.budget_bytes, "estimated_bytes": plan.estimated_bytes,
-            "upload_bytes": plan.upload_bytes, "scores": scores, **update.metrics}
+    record = {"id": update.client_id, "examples": update.num_examples, "units": list(plan.units), **ranks,
+              "budget_bytes": plan.budget_bytes, "estimated_bytes": plan.estimated_bytes,
+              "upload_bytes": plan.upload_bytes, "scores": scores}
+    return {**record, **{key: value for key, value in update.metrics.items() if key not in record}}
+
+
+def rejected_record(record: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A refused reply's record: who, what it was planned and what it cost, and why it was refused."""
+    return {**{key: record[key] for key in KEPT_ON_REJECTION if key in record}, "rejected": reason}
 
 
 @dataclass
@@ -104,6 +124,8 @@ class RoundServer:
                                   federation.budgets, federation.unit_upload())
         self.strategy: Strategy = make_strategy(config.strategy.name, context)
         self.state: State = federation.initial_state()
+        self.client_sizes: dict[int, int] = dict(enumerate(federation.client_sizes))
+        """Client id -> the data size the server knows for it, which a reply's `num_examples` must equal."""
         self.rounds: list[dict[str, Any]] = []
         self.started, self.offset = time.perf_counter(), 0.0
         units = len(federation.unit_map.units)
@@ -157,14 +179,20 @@ class RoundServer:
         return state_bytes(self.state) * ((client_id in current.requests) + (client_id in current.plans))
 
     def conclude(self, current: Round, outcomes: dict[int, Outcome]) -> dict[str, Any]:
-        """The round's record: every sampled client's record, then the strategy's aggregate of the survivors.
+        """The round's record: every sampled client's record, then the strategy's aggregate of the replies
+        that survived and passed `screen_updates`.
 
-        A sampled client without a plan is one the strategy left out for its budget. A round in
-        which no client survives keeps the global state and says so.
+        A sampled client without a plan is one the strategy left out for its budget. A refused reply is
+        recorded with its reason (`rejected`) and left out like a failed client. A round in which no
+        reply is left keeps the global state and says so. Raises NonFiniteStateError when the
+        aggregate holds a NaN or an infinite value (the global state and checkpoint stay as they were).
         """
+        described = [self.describe(current, client_id, outcomes.get(client_id)) for client_id in current.clients]
+        refused = self.screen(current, [update for _, update in described if update is not None])
         records, updates = [], []
-        for client_id in current.clients:
-            record, update = self.describe(current, client_id, outcomes.get(client_id))
+        for record, update in described:
+            if update is not None and update.client_id in refused:
+                record, update = rejected_record(record, refused[update.client_id]), None
             records.append(record)
             updates += [update] if update is not None else []
         if not current.plans:
@@ -175,9 +203,31 @@ class RoundServer:
             self.console.print(f"[yellow]round {current.number}: no client survived; global model unchanged[/]")
             strategy_metrics = {"skipped": "no surviving clients"}
         else:
-            self.state, strategy_metrics = self.strategy.aggregate(current.number, self.state, updates)
+            state, strategy_metrics = self.strategy.aggregate(current.number, self.state, updates)
+            self.check_finite(current.number, state)
+            self.state = state
         excluded = {"excluded": self.federation.excluded} if self.federation.excluded else {}
         return {"round": current.number, "clients": records, "strategy": strategy_metrics, **excluded}
+
+    def screen(self, current: Round, updates: list[ClientUpdate]) -> dict[int, str]:
+        """Client id -> why its reply is refused (`aggregate.validate.screen_updates`), each printed."""
+        clients = self.config.clients
+        limits = UpdateLimits(self.client_sizes, clients.max_examples, clients.max_update_norm_ratio)
+        refused = screen_updates(updates, current.plans, self.federation.unit_map, self.state, limits)
+        for client_id, reason in sorted(refused.items()):
+            self.console.print(f"[yellow]round {current.number}: client {client_id}'s update refused: "
+                               f"{escape(reason)}[/]", highlight=False)
+        return refused
+
+    def check_finite(self, round_number: int, state: State) -> None:
+        """Raise NonFiniteStateError, naming the tensors and the checkpoint kept, unless `state` is finite."""
+        bad = nonfinite_keys(state)
+        if not bad:
+            return
+        kept = (f"the checkpoint of round {round_number - 1} in {self.recorder.run_dir} is kept "
+                f"(fedpilot run --resume {self.recorder.run_dir})" if round_number > 1 else "no round was completed")
+        raise NonFiniteStateError(f"round {round_number}: the aggregated global state holds NaN or infinite values "
+                                  f"in {len(bad)} tensors ({names(bad)}); {kept}")
 
     def describe(self, current: Round, client_id: int,
                  outcome: Outcome | None) -> tuple[dict[str, Any], ClientUpdate | None]:
