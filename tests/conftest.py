@@ -21,6 +21,15 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FEDPILOT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Let Flower messages be built outside a running Flower app (flwr 1.42 requires a task identity)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for key, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, key, value)
+
+
 def tiny_bert(layers: int = 4, labels: int = 3) -> torch.nn.Module:
     """A 4-block BERT classifier, hidden 32."""
     torch.manual_seed(0)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 from safetensors.torch import load_file
 
@@ -22,7 +21,9 @@ from fedpilot.config import dump_config, load_config
 from fedpilot.engines.flower import instruction, run_flower
 from fedpilot.engines.flower_client import (client_app, federation_for, from_arrays, plan_config, plan_from_config,
                                             to_arrays)
-from fedpilot.engines.local import attempt_client, run_local, split_state, state_bytes
+from fedpilot.engines.client_round import attempt_client
+from fedpilot.engines.local import run_local
+from fedpilot.engines.server import split_state, state_bytes
 from fedpilot.report.records import read_rounds
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,13 +31,6 @@ TINY = ["data.max_train_examples=300", "clients.num_clients=3", "clients.per_rou
         "eval.final_full=false", "model.max_length=32", "train.rounds=2", "train.local_steps=2", "train.batch_size=8"]
 HETERO = ["strategy.name=fedpilot", "clients.groups=[{share: 0.3334, memory: '85%', upload: '64KiB'}, "
           "{share: 0.3333, memory: '92%', upload: '160KiB'}, {share: 0.3333, memory: '100%', upload: '200KiB'}]"]
-
-
-@pytest.fixture
-def task_identity(monkeypatch):
-    """Let messages be built outside a running Flower app (flwr 1.42 requires a task identity)."""
-    for key, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, key, value)
 
 
 def node(partition: int) -> Context:

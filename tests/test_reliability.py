@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from fedpilot.cli import app
 from fedpilot.config import load_config
-from fedpilot.engines.local import LocalRun, OverBudgetError, run_local
+from fedpilot.engines.local import LocalRun, run_local
+from fedpilot.engines.server import OverBudgetError
 from fedpilot.federation import build_federation
 from fedpilot.report.records import RunRecorder, fresh_run_dir, read_rounds
 

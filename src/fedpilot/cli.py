@@ -43,7 +43,8 @@ def fail(message: str) -> None:
 
 
 def stop_run(error: Exception) -> None:
-    """A run that had to stop (a client over its budget with on_over_budget=fail): message, exit 1."""
+    """A run that had to stop (a client over its budget with on_over_budget=fail, a non-finite global state):
+    message, exit 1."""
     console.print(f"[bold red]run stopped:[/] {error}", highlight=False)
     raise typer.Exit(code=1)
 
@@ -108,7 +109,8 @@ def run_header(cfg: Config, engine: str) -> str:
 def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOption = None,
         engine: EngineOption = "local") -> None:
     """Run one federated fine-tuning job (or resume one) and print its results table."""
-    from fedpilot.engines.local import OverBudgetError, resume_local, run_local
+    from fedpilot.engines.local import resume_local, run_local
+    from fedpilot.engines.server import RunStopped
     from fedpilot.report.checkpoint import CheckpointError
     from fedpilot.report.records import read_rounds
     from fedpilot.report.tables import round_table, summary_table
@@ -128,7 +130,7 @@ def run(config: ConfigOption = None, set_: SetOption = None, resume: ResumeOptio
             run_dir, summary = run_local(cfg, console)
     except (*user_errors(), CheckpointError) as error:
         fail(str(error))
-    except OverBudgetError as error:
+    except RunStopped as error:
         stop_run(error)
     console.print(round_table(read_rounds(run_dir)))
     console.print(summary_table(summary))
@@ -246,14 +248,14 @@ def compare(
                                                             "cores / jobs torch threads")] = 1,
 ) -> None:
     """Run a study's grid of runs (skipping finished ones), then write its tables and plots."""
-    from fedpilot.engines.local import OverBudgetError
+    from fedpilot.engines.server import RunStopped
     from fedpilot.report.compare import run_compare
 
     try:
         run_compare(study, only or [], console, run=not report_only, jobs=jobs)
     except user_errors() as error:
         fail(str(error))
-    except OverBudgetError as error:
+    except RunStopped as error:
         stop_run(error)
 
 

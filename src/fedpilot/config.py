@@ -121,6 +121,12 @@ class ClientsConfig(_Section):
     unaffordable: Literal["error", "exclude"] = Field(
         "error", description="a group whose memory cannot hold the frozen model and the head: stop the run, "
                              "or exclude its clients (never sampled; listed in the output and records)")
+    max_examples: int | None = Field(
+        None, gt=0, description="largest num_examples a client's reply may claim (its aggregation weight); null: "
+                                "no bound beyond the data size the server knows for the client, which it must equal")
+    max_update_norm_ratio: float | None = Field(
+        None, ge=1, description="refuse a reply whose update norm exceeds this many times the round's median "
+                                "norm (at least 1); null: off")
 
     @model_validator(mode="after")
     def _sample_fits(self) -> ClientsConfig:

@@ -1,9 +1,9 @@
 """The Flower engine: the same strategies and round logic as the local engine, as a Flower app (flwr 1.42).
 
-`server_app` drives a `FlowerRounds` strategy whose every decision comes from the local engine's
-`RoundServer`; this module only turns those decisions into messages. A QUERY round first maps
-the random node ids to partition ids, so all decisions are keyed by partition id and replies are
-merged in partition order: the same seed gives the same run as `fedpilot run --engine local`.
+`server_app` drives a `FlowerRounds` strategy whose every decision comes from the `RoundServer` of
+`engines/server.py` (shared with the local engine); this module only turns those decisions into
+messages. A QUERY round first maps the random node ids to partition ids, so all decisions are
+keyed by partition id and replies are merged in partition order: the same seed gives the same run as `fedpilot run --engine local`.
 
 - simulation, in-process: `run_flower(config)` (what `fedpilot run --engine flower` calls);
 - deployment: `flwr run . <superlink>` with `[tool.flwr.app.config]` keys `config` (a YAML
@@ -31,7 +31,8 @@ from rich.console import Console
 from fedpilot.config import Config, dump_config, load_config
 from fedpilot.engines.flower_client import (CONFIG_KEY, client_app, decode_outcome, decode_scores, plan_config,
                                             to_arrays)
-from fedpilot.engines.local import Outcome, Round, RoundServer, show_setup
+from fedpilot.engines.client_round import Outcome
+from fedpilot.engines.server import Round, RoundServer, show_setup
 from fedpilot.federation import build_federation
 from fedpilot.report.records import RunRecorder, fresh_run_dir
 

@@ -2,7 +2,8 @@
 
 A node learns its partition from `node_config["partition-id"]` and the run's config from the
 resolved YAML every message carries (`run_config` is empty under simulation); it builds the
-federation once per config hash in its process, then runs the local engine's client code.
+federation once per config hash in its process, then runs the client side both engines share
+(`engines/client_round.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from fedpilot.client import ClientUpdate, Plan, evaluate
 from fedpilot.config import Config, build_config
-from fedpilot.engines.local import Outcome, attempt_client, score_units
+from fedpilot.engines.client_round import Outcome, attempt_client, score_units
 from fedpilot.federation import Federation, build_federation
 from fedpilot.models.units import load_adapter_state
 from fedpilot.strategies.base import State
@@ -69,14 +70,24 @@ def encode_outcome(outcome: Outcome) -> RecordDict:
 
 
 def decode_outcome(reply: Message, client_id: int) -> Outcome:
-    """The `Outcome` in a train reply; a Flower-level error counts as a failed client."""
+    """The `Outcome` in a train reply; a Flower-level error counts as a failed client.
+
+    Decoding is lenient and checking is the server's (`aggregate/validate.py`): missing arrays
+    decode as no tensors and a missing or non-integer `num-examples` is passed on as sent, so the
+    server refuses the reply instead of crashing on it. An outcome record is a failure, or an
+    over-budget report when it says so.
+    """
     if reply.has_error():
         return {"failed": f"ClientAppError: {reply.error.reason}"}
     if "outcome" in reply.content:
-        return {key: str(value) for key, value in reply.content["outcome"].items()}
-    metrics = dict(reply.content["metrics"])
-    num_examples = int(metrics.pop("num-examples"))
-    return ClientUpdate(client_id, from_arrays(reply.content["arrays"]), num_examples, metrics)
+        outcome = {key: str(value) for key, value in reply.content["outcome"].items()}
+        if "over_budget" in outcome:
+            return {"over_budget": outcome["over_budget"]}
+        return {"failed": outcome.get("failed", f"a reply without an update: {outcome}")}
+    metrics = dict(reply.content["metrics"]) if "metrics" in reply.content else {}
+    num_examples = metrics.pop("num-examples", None)
+    tensors = from_arrays(reply.content["arrays"]) if "arrays" in reply.content else {}
+    return ClientUpdate(client_id, tensors, num_examples, metrics)
 
 
 def federation_for(text: str) -> tuple[Config, Federation]:

@@ -112,8 +112,9 @@ def trained_client_rounds(rounds: list[dict[str, Any]]) -> int:
 
 
 def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
-    """Final and best test (and validation) accuracy, rounds, wall time, unit coverage, IG-Score cost and the
-    clients excluded for their budget (`clients.unaffordable: exclude`), from the records.
+    """Final and best test (and validation) accuracy, rounds, wall time, unit coverage, IG-Score cost, the
+    clients excluded for their budget (`clients.unaffordable: exclude`) and the number of client replies the
+    server refused (`rejected_updates`), from the records.
 
     A run in which no client ever trained (no client qualified for its method) has no accuracy of
     its own: `final_accuracy` and the other accuracies are None, the untrained model's is kept as
@@ -133,6 +134,7 @@ def summarize(rounds: list[dict[str, Any]], wall_seconds: float) -> dict[str, An
         "unit_coverage": unit_coverage(rounds),
         "ig_cost_fraction": ig_cost_fraction(rounds),
         "excluded_clients": sorted({c for r in rounds for c in r.get("excluded", [])}),
+        "rejected_updates": sum("rejected" in c for r in rounds for c in r["clients"]),
     }
     if rounds and summary["trained_client_rounds"] == 0:
         summary.update(untrained_accuracy=summary["final_accuracy"], final_accuracy=None, best_accuracy=None,
