@@ -96,6 +96,7 @@ make_ca() {  # make_ca DIR NAME
 
 LINK_TLS=(--insecure) NODE_TLS=(--insecure) CONNECTION="insecure = true"
 if ((SECURE)); then
+    command -v openssl > /dev/null || { echo "--secure needs openssl (apt-get install openssl)" >&2; exit 1; }
     CERTS="$WORK/certs" && mkdir -p "$CERTS" "$WORK/keys"
     make_ca "$CERTS" ca && make_ca "$CERTS" other-ca
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
@@ -114,6 +115,12 @@ flower-superlink "${LINK_TLS[@]}" --disable-runtime-dependency-installation --ho
     --port "${PORTS[0]}" > "$WORK/superlink.log" 2>&1 &
 PIDS+=($!)
 
+for attempt in $(seq 1 120); do  # until the SuperLink accepts connections (slow on a busy machine)
+    (exec 3<> "/dev/tcp/127.0.0.1/${PORTS[0]}") 2> /dev/null && break
+    ((attempt == 120)) && { echo "the SuperLink did not open port ${PORTS[0]} in 60 s" >&2; exit 1; }
+    sleep 0.5
+done
+
 cat > "$FLWR_HOME/config.toml" <<TOML
 [superlink]
 default = "loopback"
@@ -123,15 +130,22 @@ address = "$LINK"
 $CONNECTION
 TOML
 
-if ((SECURE)); then  # register every key but the unregistered nodes' (retried until the SuperLink is up)
+register() {  # register INDEX: the node's public key, retried while the SuperLink starts
+    for _ in $(seq 1 60); do
+        flwr supernode register "$WORK/keys/node$1.pub" loopback >> "$WORK/register$1.log" 2>&1 && return 0
+        sleep 1
+    done
+    echo "could not register node$1 (see $WORK/register$1.log)" >&2
+    return 1
+}
+if ((SECURE)); then  # every key but the unregistered nodes', in parallel
+    REGISTERING=()
     for ((i = 0; i < NUM_NODES + EXTRA_NODES; i++)); do
         ((i >= NUM_NODES && i < NUM_NODES + UNREGISTERED_NODES)) && continue
-        for attempt in $(seq 1 60); do
-            flwr supernode register "$WORK/keys/node$i.pub" loopback >> "$WORK/register.log" 2>&1 && break
-            ((attempt == 60)) && { echo "could not register node$i" >&2; exit 1; }
-            sleep 1
-        done
+        register "$i" &
+        REGISTERING+=($!)
     done
+    for pid in "${REGISTERING[@]}"; do wait "$pid"; done
 fi
 
 start_node() {  # start_node INDEX PARTITION EXTRA_NODE_CONFIG [flower-supernode options...]

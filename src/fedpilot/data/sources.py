@@ -80,7 +80,7 @@ def agree_labels(text: TextData, names: list[str]) -> TextData:
     index = [names.index(name) for name in text.label_names]
 
     def encode(data: Dataset) -> Dataset:
-        return data.map(lambda batch: {"label": [index[v] for v in batch["label"]]}, batched=True, features=features)
+        return Dataset.from_dict({"text": data["text"], "label": [index[v] for v in data["label"]]}, features=features)
 
     return TextData(encode(text.train), encode(text.test), list(names))
 

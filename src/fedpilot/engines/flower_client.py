@@ -90,7 +90,8 @@ def federation_for(text: str, own: NodeData | None = None, client_id: int = 0) -
     With `own` data (the node config's data-path) the node trains on that file as client `client_id`
     and never reads the server's data (`node_data`); raises DataError for a label outside `data.labels`.
     """
-    key = hashlib.sha256(f"{text}\n{own}\n{client_id}".encode()).hexdigest()
+    node = "" if own is None else f"\n{own}\n{client_id}"  # a partition node's federation serves every client id
+    key = hashlib.sha256(f"{text}{node}".encode()).hexdigest()
     if key not in _federations:
         _federations.clear()
         tree = yaml.safe_load(text)
