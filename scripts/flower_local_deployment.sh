@@ -143,7 +143,7 @@ if ((SECURE)); then  # every key but the unregistered nodes', in parallel
     for ((i = 0; i < NUM_NODES + EXTRA_NODES; i++)); do
         ((i >= NUM_NODES && i < NUM_NODES + UNREGISTERED_NODES)) && continue
         register "$i" &
-        REGISTERING+=($!)
+        REGISTERING+=($!) PIDS+=($!)
     done
     for pid in "${REGISTERING[@]}"; do wait "$pid"; done
 fi
