@@ -69,6 +69,10 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training data held out as a validation "
                                                             "split (seeded, stratified, taken before partitioning, "
                                                             "held by no client); 0 = no validation split")
+    labels: list[str] | None = Field(None, min_length=2, description="the run's agreed label names, in order "
+                                     "(the model's classes); every dataset's labels must be among them. Needed when "
+                                     "SuperNodes train on their own files (node config data-path); None = the "
+                                     "labels found in the data, sorted")
 
     @field_validator("name")
     @classmethod
@@ -82,6 +86,13 @@ class DataConfig(_Section):
                 raise ValueError(f"dataset file {value!r} does not exist")
             return value
         raise ValueError(f"unknown dataset {value!r}; packaged: {sorted(PACKAGED)}, or a path to a .csv/.parquet file")
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError(f"label names repeat: {value}")
+        return value
 
     @field_validator("test_path")
     @classmethod

@@ -50,8 +50,9 @@ def annotation_at(model: type[BaseModel], path: list[str]) -> Any | None:
 
 
 def is_string_list(annotation: Any) -> bool:
-    """Whether an annotation is `list[str]`."""
-    return typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,)
+    """Whether an annotation is `list[str]` or `list[str] | None`."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return any(typing.get_origin(option) is list and typing.get_args(option) == (str,) for option in options)
 
 
 def closest_fields(model: type[BaseModel], path: list[str]) -> list[str]:

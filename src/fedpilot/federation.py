@@ -17,7 +17,7 @@ from fedpilot.assign.budgets import ClientBudget, client_budgets
 from fedpilot.client import TrainSettings
 from fedpilot.config import Config
 from fedpilot.data.partition import partition
-from fedpilot.data.sources import DataError, DroppedRows, TextData, load_text_data
+from fedpilot.data.sources import DataError, DroppedRows, TextData, agree_labels, load_text_data
 from fedpilot.data.tokenize import tokenize
 from fedpilot.memory.cost import CostProfile
 from fedpilot.memory.profiler import profile
@@ -98,6 +98,8 @@ def load_partitions(config: Config) -> tuple[TextData, list[Dataset], Dataset | 
     """The configured dataset, its per-client training partitions and its validation split (untokenized)."""
     text = load_text_data(config.data.name, config.data.text_column, config.data.label_column,
                           config.data.test_path, config.data.test_fraction, config.seed)
+    if config.data.labels is not None:
+        text = agree_labels(text, config.data.labels)
     train = subset(text.train, config.data.max_train_examples, config.seed)
     train, val = hold_out(train, config.data.val_fraction, config.seed)
     parts = partition(train, config.partition.kind, config.clients.num_clients, config.seed,
@@ -114,19 +116,44 @@ def build_federation(config: Config) -> Federation:
     test = tokenize(subset(text.test, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
     if val is not None:
         val = tokenize(subset(val, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
-    model = load_classifier(config.model.path, len(text.label_names), config.seed, tokenizer.pad_token_id)
-    lora = config.lora
-    model = add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets).to(config.train.device)
-    train_cfg = config.train
-    settings = TrainSettings(train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay,
-                             train_cfg.precision, train_cfg.device)
+    model = lora_model(config, len(text.label_names), tokenizer.pad_token_id)
     full_test = tokenize(text.test, tokenizer, config.model.max_length) if config.eval.final_full else None
-    unit_map = units_at(model, lora.granularity)
+    unit_map = units_at(model, config.lora.granularity)
     if len(unit_map.units) != cost.num_units:
-        raise ModelError(f"the model has {len(unit_map.units)} {lora.granularity} units but its cost profile "
+        raise ModelError(f"the model has {len(unit_map.units)} {config.lora.granularity} units but its cost profile "
                          f"{cost.num_units}; check lora.targets and lora.granularity")
-    return Federation(model, unit_map, client_data, test, val, text.label_names, settings, cost, budgets,
-                      full_test, majority_rate(text.test), text.dropped)
+    return Federation(model, unit_map, client_data, test, val, text.label_names, train_settings(config),
+                      cost, budgets, full_test, majority_rate(text.test), text.dropped)
+
+
+def node_federation(config: Config, data: Dataset, client_id: int) -> Federation:
+    """A SuperNode's federation over its own (untokenized) data, with labels `config.data.labels`.
+
+    It holds no test or validation data and no other client's data: `client_data` has the node's
+    data at `client_id` and an empty dataset at every other id.
+    """
+    labels = list(config.data.labels or [])
+    cost, budgets = profile_budgets(config, len(labels))
+    tokenizer = load_tokenizer(config.model.path)
+    own = tokenize(data, tokenizer, config.model.max_length)
+    empty = own.select([])
+    client_data = [own if client == client_id else empty for client in range(config.clients.num_clients)]
+    model = lora_model(config, len(labels), tokenizer.pad_token_id)
+    return Federation(model, units_at(model, config.lora.granularity), client_data, empty, None, labels,
+                      train_settings(config), cost, budgets)
+
+
+def lora_model(config: Config, num_labels: int, pad_token_id: int | None) -> nn.Module:
+    """The configured classifier with LoRA adapters, on the training device (initialised from `seed`)."""
+    model = load_classifier(config.model.path, num_labels, config.seed, pad_token_id)
+    lora = config.lora
+    return add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets).to(config.train.device)
+
+
+def train_settings(config: Config) -> TrainSettings:
+    """The training settings every client uses, from `config.train`."""
+    train = config.train
+    return TrainSettings(train.batch_size, train.lr, train.weight_decay, train.precision, train.device)
 
 
 def majority_rate(data: Dataset) -> float:

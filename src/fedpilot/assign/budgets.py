@@ -59,7 +59,7 @@ def client_budgets(groups: Sequence[tuple[float, str, str]], num_clients: int, p
     A memory budget below the head-only cost raises `BudgetError` naming the group's field, or with
     `unaffordable="exclude"` marks that group's clients excluded; every client excluded is an error.
     """
-    parsed = [group_budget(index, memory, upload, profile, unaffordable)
+    parsed = [make_budget(f"clients.groups[{index}]", index, memory, upload, profile, unaffordable)
               for index, (_, memory, upload) in enumerate(groups)]
     budgets = [parsed[g] for g in group_of_clients([s for s, _, _ in groups], num_clients)]
     if all(budget.excluded for budget in budgets):
@@ -68,9 +68,9 @@ def client_budgets(groups: Sequence[tuple[float, str, str]], num_clients: int, p
     return budgets
 
 
-def group_budget(index: int, memory: str, upload: str, profile: CostProfile, unaffordable: str) -> ClientBudget:
-    """One group's budget; errors name the field (`clients.groups[i].memory`)."""
-    field = f"clients.groups[{index}]"
+def make_budget(field: str, group: int, memory: str, upload: str, profile: CostProfile,
+                unaffordable: str) -> ClientBudget:
+    """One budget of group `group`; errors name the field (`clients.groups[i].memory`, `<field>.upload`)."""
     try:
         limit = parse_upload(upload)
     except BudgetError as error:
@@ -78,8 +78,8 @@ def group_budget(index: int, memory: str, upload: str, profile: CostProfile, una
     try:
         if unaffordable == "exclude":
             size = budget_bytes(memory, profile)
-            return ClientBudget(index, size, limit, excluded=size < profile.fixed_mem)
-        return ClientBudget(index, parse_budget(memory, profile), limit)
+            return ClientBudget(group, size, limit, excluded=size < profile.fixed_mem)
+        return ClientBudget(group, parse_budget(memory, profile), limit)
     except BudgetError as error:
         hint = " (or set clients.unaffordable=exclude)" if "below the minimum" in str(error) else ""
         raise BudgetError(f"{field}.memory: {error}{hint}") from None

@@ -98,16 +98,42 @@ def read_orange_tab(path: Path, split: str) -> tuple[pd.DataFrame, DroppedRows]:
     return drop_empty(frame, path.name, split)
 
 
+def to_dataset(frame: pd.DataFrame, names: list[str], where: str = "the data") -> Dataset:
+    """A Dataset of a text/label frame, labels encoded as indexes into `names` (a ClassLabel).
+
+    Raises DataError naming the first label of `where` that `names` lacks.
+    """
+    check_labels(set(frame["label"]), names, where)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    index = {name: i for i, name in enumerate(names)}
+    rows = {"text": frame["text"].astype(str).tolist(), "label": [index[v] for v in frame["label"]]}
+    return Dataset.from_dict(rows, features=features)
+
+
+def check_labels(found: set[str], names: list[str], where: str) -> None:
+    """Raise DataError naming the labels of `where` outside the agreed `names` (`data.labels`)."""
+    unknown = sorted(found - set(names))
+    if unknown:
+        raise DataError(f"{where} holds label {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
+                        + f", which is not among the run's labels (data.labels): {names}")
+
+
 def to_datasets(train: pd.DataFrame, test: pd.DataFrame, dropped: tuple[DroppedRows, ...] = ()) -> TextData:
     """Encode string labels with one shared, sorted ClassLabel and build Datasets."""
     names = sorted(set(train["label"]) | set(test["label"]))
+    return TextData(to_dataset(train, names), to_dataset(test, names), names, dropped)
+
+
+def agree_labels(text: TextData, names: list[str]) -> TextData:
+    """The same data with labels re-encoded as indexes into the agreed `names`; DataError for a label outside."""
+    check_labels(set(text.label_names), names, "the server's dataset (data.name)")
     features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    index = [names.index(name) for name in text.label_names]
 
-    def build(frame: pd.DataFrame) -> Dataset:
-        rows = {"text": frame["text"].astype(str).tolist(), "label": [names.index(v) for v in frame["label"]]}
-        return Dataset.from_dict(rows, features=features)
+    def encode(data: Dataset) -> Dataset:
+        return Dataset.from_dict({"text": data["text"], "label": [index[v] for v in data["label"]]}, features=features)
 
-    return TextData(build(train), build(test), names, dropped)
+    return TextData(encode(text.train), encode(text.test), list(names), text.dropped)
 
 
 def split_stratified(frame: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

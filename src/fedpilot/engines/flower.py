@@ -3,7 +3,10 @@
 `server_app` drives a `FlowerRounds` strategy whose every decision comes from the `RoundServer` of
 `engines/server.py` (shared with the local engine); this module only turns those decisions into
 messages. A QUERY round first maps the random node ids to partition ids, so all decisions are
-keyed by partition id and replies are merged in partition order: the same seed gives the same run as `fedpilot run --engine local`.
+keyed by partition id and replies are merged in partition order: the same seed gives the same run as
+`fedpilot run --engine local`. The same QUERY brings each node's report (data size, label histogram,
+declared budgets; `engines.node_report`): the server plans with those budgets and sizes and keeps
+the reports in the run directory (`nodes.json`).
 
 - simulation, in-process: `run_flower(config)` (what `fedpilot run --engine flower` calls);
 - deployment: `flwr run . <superlink>` with `[tool.flwr.app.config]` keys `config` (a YAML
@@ -32,8 +35,10 @@ from fedpilot.config import Config, dump_config, load_config
 from fedpilot.engines.flower_client import (CONFIG_KEY, client_app, decode_outcome, decode_scores, plan_config,
                                             to_arrays)
 from fedpilot.engines.client_round import Outcome
+from fedpilot.engines.node_report import (NodeReport, check_report, declared_budgets, decode_report,
+                                          describe_declared, write_reports)
 from fedpilot.engines.server import Round, RoundServer, show_setup
-from fedpilot.federation import build_federation
+from fedpilot.federation import Federation, build_federation
 from fedpilot.report.records import RunRecorder, fresh_run_dir
 
 REPLY_TIMEOUT = 3600.0
@@ -63,10 +68,12 @@ def wait_for_nodes(grid: Grid, count: int, patience: float = NODE_WAIT) -> list[
     return node_ids
 
 
-def map_partitions(grid: Grid, text: str, num_clients: int) -> dict[int, int]:
-    """Partition id -> node id, asked of every node by a QUERY (which also builds its federation)."""
+def map_partitions(grid: Grid, text: str, num_clients: int) -> tuple[dict[int, int], dict[int, NodeReport]]:
+    """Partition id -> node id and partition id -> the node's report, asked of every node by a QUERY
+    (which also builds its federation, so a node's bad data fails here, before training)."""
     messages = [instruction(node, f"{MessageType.QUERY}.partition", text) for node in wait_for_nodes(grid, num_clients)]
     nodes: dict[int, int] = {}
+    reports: dict[int, NodeReport] = {}
     for message in grid.send_and_receive(messages, timeout=REPLY_TIMEOUT):
         if message.has_error():
             raise FlowerEngineError(f"node {message.metadata.src_node_id} failed: {message.error.reason}")
@@ -74,10 +81,26 @@ def map_partitions(grid: Grid, text: str, num_clients: int) -> dict[int, int]:
         if partition in nodes:
             raise FlowerEngineError(f"two SuperNodes hold partition-id {partition}")
         nodes[partition] = message.metadata.src_node_id
+        reports[partition] = decode_report(message.content["report"])
     missing = sorted(set(range(num_clients)) - set(nodes))
     if missing:
         raise FlowerEngineError(f"no SuperNode holds partition-id {missing}")
-    return nodes
+    return nodes, reports
+
+
+def take_reports(config: Config, federation: Federation, reports: dict[int, NodeReport],
+                 console: Console) -> dict[int, int]:
+    """Check the nodes' reports, plan with the budgets they declared (`federation.budgets` replaced);
+    returns each client's data size as its node reported it."""
+    for report in reports.values():
+        try:
+            check_report(report, len(federation.label_names))
+        except ValueError as error:
+            raise FlowerEngineError(str(error)) from None
+    federation.budgets = declared_budgets(config, federation.budgets, reports, federation.profile)
+    for line in describe_declared(reports, federation.budgets):
+        console.print(line, highlight=False)
+    return {client: report.examples for client, report in sorted(reports.items())}
 
 
 class FlowerRounds(FlowerStrategy):
@@ -192,9 +215,11 @@ def serve(grid: Grid, config: Config, console: Console, federated_eval: bool = F
     federation = build_federation(config)
     show_setup(config, federation, console)
     text = dump_config(config)
-    nodes = map_partitions(grid, text, config.clients.num_clients)
+    nodes, reports = map_partitions(grid, text, config.clients.num_clients)
+    sizes = take_reports(config, federation, reports, console)
     run_dir = fresh_run_dir(config.output.dir, config.run_name())
-    server = RoundServer(config, federation, RunRecorder(run_dir, config), console)
+    write_reports(run_dir, reports, federation.budgets, federation.label_names)
+    server = RoundServer(config, federation, RunRecorder(run_dir, config), console, sizes)
     strategy = FlowerRounds(server, nodes, text, federated_eval)
     server.start_clock()
     strategy.start(grid, to_arrays(server.state), num_rounds=config.train.rounds, timeout=REPLY_TIMEOUT,

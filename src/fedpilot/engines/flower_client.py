@@ -3,7 +3,9 @@
 A node learns its partition from `node_config["partition-id"]` and the run's config from the
 resolved YAML every message carries (`run_config` is empty under simulation); it builds the
 federation once per config hash in its process, then runs the client side both engines share
-(`engines/client_round.py`).
+(`engines/client_round.py`). A node whose node config names its own data (`data-path`,
+`data.node_data`) trains on that file instead of a partition of the shared dataset; before round 1
+every node reports its data size, label histogram and declared budgets (`engines.node_report`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from flwr.clientapp import ClientApp
 
 from fedpilot.client import ClientUpdate, Plan, evaluate
 from fedpilot.config import Config, build_config
+from fedpilot.data.node_data import NodeData, label_counts, load_node_data, node_config_tree, node_data_of
 from fedpilot.engines.client_round import Outcome, attempt_client, score_units
-from fedpilot.federation import Federation, build_federation
+from fedpilot.engines.node_report import encode_report, node_report
+from fedpilot.federation import Federation, build_federation, node_federation
 from fedpilot.models.units import load_adapter_state
 from fedpilot.strategies.base import State
 
@@ -90,22 +94,38 @@ def decode_outcome(reply: Message, client_id: int) -> Outcome:
     return ClientUpdate(client_id, tensors, num_examples, metrics)
 
 
-def federation_for(text: str) -> tuple[Config, Federation]:
-    """The config in a message and its federation, built once per config hash in this process."""
-    key = hashlib.sha256(text.encode()).hexdigest()
+def federation_for(text: str, own: NodeData | None = None, client_id: int = 0) -> tuple[Config, Federation]:
+    """The config in a message and its federation, built once per (config, node data) in this process.
+
+    With `own` data (the node config's data-path) the node trains on that file as client `client_id`
+    and never reads the server's data (`node_data`); raises DataError for a label outside `data.labels`.
+    """
+    node = "" if own is None else f"\n{own}\n{client_id}"  # a partition node's federation serves every client id
+    key = hashlib.sha256(f"{text}{node}".encode()).hexdigest()
     if key not in _federations:
         _federations.clear()
-        config = build_config(yaml.safe_load(text))
-        _federations[key] = (config, build_federation(config))
+        tree = yaml.safe_load(text)
+        if own is None:
+            config = build_config(tree)
+            _federations[key] = (config, build_federation(config))
+        else:
+            config = build_config(node_config_tree(tree, own))
+            data = load_node_data(own, list(config.data.labels or []))
+            _federations[key] = (config, node_federation(config, data, client_id))
     return _federations[key]
+
+
+def node_partition(context: Context) -> int:
+    """The `partition-id` in this node's node config (ValueError when it has none)."""
+    if "partition-id" not in context.node_config:
+        raise ValueError("node_config lacks partition-id; start the SuperNode with "
+                         "--node-config 'partition-id=<i> num-partitions=<N>'")
+    return int(context.node_config["partition-id"])
 
 
 def partition_of(context: Context, config: Config) -> int:
     """This node's client id: its `partition-id`, checked against the config's client count."""
-    if "partition-id" not in context.node_config:
-        raise ValueError("node_config lacks partition-id; start the SuperNode with "
-                         "--node-config 'partition-id=<i> num-partitions=<N>'")
-    client_id = int(context.node_config["partition-id"])
+    client_id = node_partition(context)
     if not 0 <= client_id < config.clients.num_clients:
         raise ValueError(f"partition-id {client_id} is outside 0..{config.clients.num_clients - 1}")
     return client_id
@@ -113,7 +133,8 @@ def partition_of(context: Context, config: Config) -> int:
 
 def received(msg: Message, context: Context) -> tuple[Config, Federation, int]:
     """Config, federation and client id for a message; the message must be meant for this partition."""
-    config, federation = federation_for(str(msg.content["config"][CONFIG_KEY]))
+    own = node_data_of(context.node_config)
+    config, federation = federation_for(str(msg.content["config"][CONFIG_KEY]), own, node_partition(context))
     client_id = partition_of(context, config)
     meant_for = msg.content["config"].get("partition-id", client_id)
     if meant_for != client_id:
@@ -148,9 +169,12 @@ def reply(msg: Message, **records: ArrayRecord | ConfigRecord | MetricRecord) ->
 
 @client_app.query("partition")
 def query_partition(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node holds (and build the federation ahead of round 1)."""
-    _, _, client_id = received(msg, context)
-    return reply(msg, partition=ConfigRecord({"partition-id": client_id}))
+    """Tell the server which partition this node holds, its data size, label histogram and declared budgets
+    (`node_report`); the federation is built here, ahead of round 1, so bad node data fails before training."""
+    _, federation, client_id = received(msg, context)
+    counts = label_counts(federation.client_data[client_id]["label"], len(federation.label_names))
+    report = node_report(context.node_config, client_id, counts, node_data_of(context.node_config) is not None)
+    return reply(msg, partition=ConfigRecord({"partition-id": client_id}), report=encode_report(report))
 
 
 @client_app.query("score")

@@ -115,17 +115,20 @@ class Round:
 class RoundServer:
     """The server of a run, whichever engine carries its messages: strategy, global state, records."""
 
-    def __init__(self, config: Config, federation: Federation, recorder: RunRecorder, console: Console) -> None:
+    def __init__(self, config: Config, federation: Federation, recorder: RunRecorder, console: Console,
+                 client_sizes: dict[int, int] | None = None) -> None:
         self.config = config
         self.federation = federation
         self.recorder = recorder
         self.console = console
-        context = StrategyContext(federation.unit_map, federation.client_sizes, config, federation.profile,
+        self.client_sizes: dict[int, int] = client_sizes or dict(enumerate(federation.client_sizes))
+        """Client id -> the data size the server knows for it (its partition's, or what its node reported
+        before round 1), which a reply's `num_examples` must equal."""
+        sizes = [self.client_sizes[client] for client in range(config.clients.num_clients)]
+        context = StrategyContext(federation.unit_map, sizes, config, federation.profile,
                                   federation.budgets, federation.unit_upload())
         self.strategy: Strategy = make_strategy(config.strategy.name, context)
         self.state: State = federation.initial_state()
-        self.client_sizes: dict[int, int] = dict(enumerate(federation.client_sizes))
-        """Client id -> the data size the server knows for it, which a reply's `num_examples` must equal."""
         self.rounds: list[dict[str, Any]] = []
         self.started, self.offset = time.perf_counter(), 0.0
         units = len(federation.unit_map.units)

@@ -77,5 +77,9 @@ def usable_gpu_bytes(name: str) -> int:
 
     Raises `UnknownGpu` if the name means no single known GPU.
     """
-    total = GPUS[find_gpu(name)]
+    return usable_bytes(GPUS[find_gpu(name)])
+
+
+def usable_bytes(total: int) -> int:
+    """Bytes a training step may use on a GPU of `total` bytes: total - 0.75 GiB - 5 % of total."""
     return int(total - GPU_RESERVE_FIXED - GPU_RESERVE_FRACTION * total)
