@@ -12,11 +12,12 @@ import torch
 from rich.console import Console
 from transformers import BertConfig, LlamaConfig, PretrainedConfig, ViTConfig
 
-from fedpilot.memory.build import build_model, is_image_model, load_model_config, make_batch
+from fedpilot.memory.build import build_model, default_targets_of, is_image_model, load_model_config, make_batch
 from fedpilot.memory.cost import BudgetError, CostProfile, GiB, MiB, cache_dir, load_profile, mem_of
 from fedpilot.memory.depth import PER_UNIT, depth_of, extend, truncated
 from fedpilot.memory.cost import parse_budget
 from fedpilot.memory.gpus import GPUS, usable_gpu_bytes
+from fedpilot.memory.meta import meta_like_cpu
 from fedpilot.memory.plot import profile_table, run_profile_command, write_profile_report
 from fedpilot.memory.profiler import AllocationMeter, ProfileError, SavedBytesMeter, measure_plans, measure_step
 from fedpilot.memory.profiler import measure_blocks, measure_profile, profile
@@ -70,6 +71,16 @@ def test_meta_measures_exactly_what_cpu_measures(name, dtype, folders):
     assert all(step.saved > 0 for step in steps["cpu"])
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_attention_allocates_output_and_logsumexp_only(device):
+    """CPU's flash kernel allocates out (3x2x17x16 fp32 = 6528 B) and logsumexp (3x2x17 fp32 = 408 B); on meta
+    the kernel choice is asked with CPU stand-ins, which the meter must not see."""
+    query = torch.zeros(3, 2, 17, 16, device=device)
+    with AllocationMeter() as meter, meta_like_cpu() if device == "meta" else contextlib.nullcontext():
+        torch.nn.functional.scaled_dot_product_attention(query, query, query)
+    assert meter.peak == 6528 + 408
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_estimate_equals_measurement_on_held_out_subsets(name, folders):
     cost = profile(folders[name], 4, seq=SEQ, rank=4, device="meta")
@@ -115,9 +126,8 @@ def test_activations_scale_linearly_with_batch(name, folders):
 def test_deep_profile_extended_from_shallow_copies_equals_every_block_measured(name, depth, dtype, device):
     config = CONFIGS[name]()
     config.num_hidden_layers, config.num_labels = depth, 2
-    config.pad_token_id = config.pad_token_id or 0
-    args = (config, 3, length_of(config), dtype, 4, ("q_proj", "v_proj") if name == "llama" else ("query", "value"),
-            device, name)
+    config.pad_token_id = getattr(config, "pad_token_id", None) or 0
+    args = (config, 3, length_of(config), dtype, 4, tuple(default_targets_of(config)), device, name)
     extended, measured = measure_profile(*args), measure_blocks(*args)
     assert extended == measured
     assert extended.num_units == depth and len(set(extended.path)) == depth

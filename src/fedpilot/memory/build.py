@@ -57,7 +57,8 @@ def build_model(config: PretrainedConfig, dtype: str = "fp32", rank: int = 8, ta
 
 
 def default_targets(model: nn.Module) -> list[str]:
-    """Query and value projections: `q_proj`/`v_proj` where the model has them (Llama), else `query`/`value`."""
+    """Query and value projections: `q_proj`/`v_proj` where the model has them (Llama; ViT in Transformers 5), else
+    `query`/`value`."""
     leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     return ["q_proj", "v_proj"] if "q_proj" in leaves else ["query", "value"]
 

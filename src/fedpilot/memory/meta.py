@@ -4,6 +4,7 @@ Four things differ on meta and are made to match CPU here:
 - `scaled_dot_product_attention` has no fused-kernel choice on meta and falls back to the math
   kernel (which saves the attention matrix); CPU picks its flash kernel when it can. We ask CPU's
   chooser with storage-less stand-ins of the same shapes and call CPU's kernel on meta if it would.
+  The stand-ins are made outside the dispatch modes, so no allocation meter counts them.
 - Data-dependent checks read a scalar (`torch.all(mask == 1)`), which meta cannot. Boolean reads
   answer False: right for the profiler's batches, whose attention mask always has a padded token.
 - LayerNorm on bf16/fp16 input saves its mean and rstd in float32 on meta (as CUDA does) but in
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from fedpilot.models.loading import ModelError
 
@@ -41,9 +42,10 @@ def stand_in(tensor: torch.Tensor | None) -> torch.Tensor | None:
 
 def cpu_attention_choice(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
                          dropout_p: float, is_causal: bool, scale: float | None, enable_gqa: bool) -> int:
-    """The fused-attention kernel CPU would pick for tensors of these shapes."""
-    return torch._fused_sdp_choice(stand_in(query), stand_in(key), stand_in(value), attn_mask=stand_in(attn_mask),
-                                   dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+    """The fused-attention kernel CPU would pick for tensors of these shapes (asked outside dispatch modes)."""
+    with _disable_current_modes():
+        return torch._fused_sdp_choice(stand_in(query), stand_in(key), stand_in(value), attn_mask=stand_in(attn_mask),
+                                       dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
 
 
 def attention_as_on_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

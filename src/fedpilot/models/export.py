@@ -121,10 +121,12 @@ def read_meta(model_dir: Path) -> dict[str, Any]:
 def load_adapter(model_dir: Path) -> RunModel:
     """An exported adapter folder loaded as PEFT does anywhere: base (with the saved labels) + adapter.
 
-    Transformers' note that the base's head is newly initialized is silenced: the adapter replaces it.
+    Transformers' note that the base's head is newly initialized is silenced (the adapter replaces it), and
+    so is its weight-loading progress bar.
     """
     meta = read_meta(model_dir)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     config = AutoConfig.from_pretrained(model_dir)
     base_folder = resolve_model_path(meta["base_model"])
     base = AutoModelForSequenceClassification.from_pretrained(base_folder, config=config, use_safetensors=True)

@@ -43,6 +43,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
 def load_classifier(path: str, num_labels: int, seed: int, pad_token_id: int | None = None) -> torch.nn.Module:
     """Pretrained backbone + a new seeded classification head."""
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(path), num_labels=num_labels,

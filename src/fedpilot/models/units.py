@@ -71,7 +71,8 @@ def find_block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def discover_units(model: nn.Module) -> UnitMap:
-    """Units from module names: works for BERT (`layer.N`), ViT (`layer.N`) and Llama (`layers.N`)."""
+    """Units from module names: works for BERT (`layer.N`), ViT (`layer.N`, `layers.N` in Transformers 5) and Llama
+    (`layers.N`)."""
     list_name, blocks = find_block_list(model)
     params = dict(model.named_parameters())
     units = []
