@@ -21,6 +21,7 @@ from fedpilot.data.sources import DataError, TextData, load_text_data
 from fedpilot.data.tokenize import tokenize
 from fedpilot.memory.cost import CostProfile
 from fedpilot.memory.profiler import profile
+from fedpilot.models.inputs import forward_inputs
 from fedpilot.models.loading import add_lora, load_classifier, load_tokenizer, resolve_model_path
 from fedpilot.models.units import UnitMap, adapter_state, discover_units
 
@@ -108,17 +109,18 @@ def build_federation(config: Config) -> Federation:
     text, parts, val = load_partitions(config)
     cost, budgets = profile_budgets(config, len(text.label_names))
     tokenizer = load_tokenizer(config.model.path)
-    client_data = [tokenize(part, tokenizer, config.model.max_length) for part in parts]
-    test = tokenize(subset(text.test, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
-    if val is not None:
-        val = tokenize(subset(val, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
     model = load_classifier(config.model.path, len(text.label_names), config.seed, tokenizer.pad_token_id)
     lora = config.lora
     model = add_lora(model, lora.rank, lora.alpha, lora.dropout, lora.targets).to(config.train.device)
+    inputs, length = forward_inputs(model), config.model.max_length
+    client_data = [tokenize(part, tokenizer, length, inputs) for part in parts]
+    test = tokenize(subset(text.test, config.eval.max_examples, config.seed), tokenizer, length, inputs)
+    if val is not None:
+        val = tokenize(subset(val, config.eval.max_examples, config.seed), tokenizer, length, inputs)
     train_cfg = config.train
     settings = TrainSettings(train_cfg.batch_size, train_cfg.lr, train_cfg.weight_decay,
                              train_cfg.precision, train_cfg.device)
-    full_test = tokenize(text.test, tokenizer, config.model.max_length) if config.eval.final_full else None
+    full_test = tokenize(text.test, tokenizer, length, inputs) if config.eval.final_full else None
     return Federation(model, discover_units(model), client_data, test, val, text.label_names, settings, cost, budgets,
                       full_test, majority_rate(text.test))
 

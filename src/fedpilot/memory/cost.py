@@ -10,7 +10,8 @@
 M_frozen holds every parameter and buffer outside the head, all units' LoRA weights included: a
 client's model holds every adapter whatever it trains. M_state(j) is unit j's LoRA gradients and
 AdamW moments; M_head the head's weights, gradients and moments; A_head the activations that
-training the head alone saves; a_j the tensors only unit j's own LoRA branches save; M_peak the
+training the head alone saves; a_j what training unit j adds to the saved activations when a lower
+unit is trained anyway (mostly its own LoRA branches' tensors; a_0 is unit 0's LoRA share); M_peak the
 transient peak of a step (the input batch, temporaries, gradients in flight). All are measured
 by `fedpilot.memory.profiler`. Activation terms are affine in the batch size (`at_batch`).
 """

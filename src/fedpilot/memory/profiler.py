@@ -168,8 +168,13 @@ def measure_saved(model: nn.Module, unit_map: UnitMap, units: Iterable[int], bat
 
 
 def plans(num_units: int) -> list[tuple[int, ...]]:
-    """The sets a profile measures: each single unit k = 0..n-1, then the head alone, then every unit."""
+    """The sets a profile measures with full steps: each single unit k = 0..n-1, the head alone, every unit."""
     return [(k,) for k in range(num_units)] + [(), tuple(range(num_units))]
+
+
+def pairs(num_units: int) -> list[tuple[int, ...]]:
+    """The sets a profile measures with forwards only: unit 0 with each unit j = 1..n-1 (for a_j)."""
+    return [(0, j) for j in range(1, num_units)]
 
 
 def measure_plans(model: nn.Module, unit_map: UnitMap, config: PretrainedConfig, batch: int, length: int,
@@ -230,24 +235,26 @@ def measure_blocks(config: PretrainedConfig, batch: int, length: int, dtype: str
                    targets: tuple[str, ...], device: str, model: str) -> CostProfile:
     """Build the whole model and run the steps of a profile (see `profile`) through every block."""
     net, unit_map = build_model(config, dtype, rank, targets, device)
+    n, autocast = len(unit_map.units), AUTOCAST.get(dtype)
     steps = measure_plans(net, unit_map, config, batch, length, dtype, device)
-    worst = plans(len(unit_map.units))[max(range(len(steps)), key=lambda i: steps[i].transient)]
-    inputs = make_batch(config, batch + 1, length, dtype, device)
+    worst = plans(n)[max(range(len(steps)), key=lambda i: steps[i].transient)]
+    inputs, more = make_batch(config, batch, length, dtype, device), make_batch(config, batch + 1, length, dtype, device)
     with meta_like_cpu() if device == "meta" else contextlib.nullcontext():
-        forwards = [measure_saved(net, unit_map, units, inputs, AUTOCAST.get(dtype))
-                    for units in plans(len(unit_map.units))]
-        worst_step = measure_step(net, unit_map, worst, inputs, AUTOCAST.get(dtype))
-    return assemble(steps, forwards, worst_step.transient, batch + 1,
+        paired = [measure_saved(net, unit_map, units, inputs, autocast)[0] for units in pairs(n)]
+        forwards = [measure_saved(net, unit_map, units, more, autocast) for units in plans(n)]
+        paired_more = [measure_saved(net, unit_map, units, more, autocast)[0] for units in pairs(n)]
+        worst_step = measure_step(net, unit_map, worst, more, autocast)
+    return assemble(steps, paired, forwards, paired_more, worst_step.transient, batch + 1,
                     dict(model=model, batch=batch, length=length, dtype=dtype, rank=rank, targets=targets,
                          device=device))
 
 
-def assemble(steps: list[StepCost], forwards: list[tuple[int, tuple[int, ...]]], transient: int, other_batch: int,
-             meta: dict) -> CostProfile:
-    """The cost profile from full steps of `plans` at the profile's batch size and, at `other_batch`,
-    forwards of the same plans and the largest transient (for bytes per example)."""
-    here = _activation_terms([(s.saved, s.lora_saved) for s in steps], max(s.transient for s in steps))
-    there = _activation_terms(forwards, transient)
+def assemble(steps: list[StepCost], paired: list[int], forwards: list[tuple[int, tuple[int, ...]]],
+             paired_more: list[int], transient: int, other_batch: int, meta: dict) -> CostProfile:
+    """The cost profile from full steps of `plans` and forwards of `pairs` (saved bytes) at the profile's
+    batch size and, at `other_batch`, forwards of both and the largest transient (for bytes per example)."""
+    here = _activation_terms([(s.saved, s.lora_saved) for s in steps], paired, max(s.transient for s in steps))
+    there = _activation_terms(forwards, paired_more, transient)
     step = meta["batch"] - other_batch
     slopes = {f"{name}_per_example": _slope(here[name], there[name], step) for name in here}
     n, head_only = len(steps) - 2, steps[-2]
@@ -256,17 +263,19 @@ def assemble(steps: list[StepCost], forwards: list[tuple[int, tuple[int, ...]]],
                        state=tuple(steps[j].state[j] for j in range(n)))
 
 
-def _activation_terms(saved: list[tuple[int, tuple[int, ...]]], transient: int) -> dict:
-    """A_head, A_path(k), a_j and M_peak from (saved bytes, LoRA-only bytes per unit) of each of `plans`.
+def _activation_terms(saved: list[tuple[int, tuple[int, ...]]], paired: list[int], transient: int) -> dict:
+    """A_head, A_path(k), a_j and M_peak from (saved bytes, LoRA-only bytes per unit) of each of `plans`
+    and the saved bytes of each of `pairs`.
 
-    a_j (j > 0) is what unit j's LoRA branches alone save when j is trained above a lower trained
-    unit, less what they save when j is frozen above it (under autocast a frozen LoRA weight's cast
-    is saved too): the all-units plan against the unit-0 plan. a_0 is unit 0's own share of the
-    unit-0 plan. A_path(k) is the rest of the unit-k plan beyond the head-only plan.
+    a_j (j > 0) is what training unit j adds to the saved bytes when a lower unit is trained anyway:
+    the plan {0, j} against the plan {0}. Mostly unit j's LoRA branches' own tensors, but not only:
+    in DeBERTa a trained query projection also makes its relative-position branch save the keys.
+    a_0 is unit 0's LoRA branches' own share of the unit-0 plan. A_path(k) is the rest of the unit-k
+    plan beyond the head-only plan.
     """
-    n, (head_only, _), (_, every) = len(saved) - 2, saved[-2], saved[-1]
-    lowest = saved[0][1]
-    lora = (lowest[0],) + tuple(every[j] - lowest[j] for j in range(1, n))
+    n, (head_only, _) = len(saved) - 2, saved[-2]
+    lowest, lowest_lora = saved[0]
+    lora = (lowest_lora[0],) + tuple(paired[j - 1] - lowest for j in range(1, n))
     return {"head_path": head_only, "lora": lora, "peak": max(0, transient),
             "path": tuple(saved[k][0] - head_only - lora[k] for k in range(n))}
 
