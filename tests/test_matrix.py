@@ -22,7 +22,7 @@ from fedpilot.config import load_config
 from fedpilot.engines.local import run_local
 from fedpilot.memory.build import build_model, is_image_model, make_batch
 from fedpilot.memory.cost import mem_of
-from fedpilot.memory.profiler import measure_blocks, measure_profile, measure_step
+from fedpilot.memory.profiler import allocator_step, measure_blocks, measure_profile, measure_step
 from fedpilot.models.inputs import accepted_inputs, forward_inputs
 from fedpilot.models.loading import ModelError, add_lora, load_classifier, load_tokenizer
 from fedpilot.models.matrix import ARCHITECTURES, BY_NAME, DOC, Architecture, Size, render
@@ -215,6 +215,9 @@ def test_estimate_equals_measurement_on_held_out_unit_sets(name):
         step = measure_step(model, unit_map, units, batch)
         assert mem_of(cost, units) - cost.peak == step.measured, units
         assert mem_of(cost, units) >= step.peak_total, units
+    for units in [(), (2,), (0, 2), (0, 1, 2)]:
+        allocator = allocator_step(model, unit_map, units, batch)  # the CPU allocator's own count
+        assert allocator <= mem_of(cost, units) <= 1.1 * allocator, units  # 3% at benchmark sizes
 
 
 def test_docs_models_md_is_generated_from_the_table():
