@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -153,7 +153,9 @@ class LoraConfig(_Section):
     rank: int = Field(8, gt=0, description="LoRA rank r")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
-    targets: list[str] = Field(["query", "value"], min_length=1, description="Linear module names that get LoRA")
+    targets: Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, description="Linear module names that get LoRA; unset: the architecture's query and value "
+                          "projections (docs/models.md)")
     granularity: Literal["block", "module"] = Field(
         "block", description="what a unit is: one transformer block's adapters (block), or each adapted Linear, "
                              "e.g. block 3's value projection '3.value' (module)")

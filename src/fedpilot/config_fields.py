@@ -50,9 +50,13 @@ def annotation_at(model: type[BaseModel], path: list[str]) -> Any | None:
 
 
 def is_string_list(annotation: Any) -> bool:
-    """Whether an annotation is `list[str]` or `list[str] | None`."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    return any(typing.get_origin(option) is list and typing.get_args(option) == (str,) for option in options)
+    """Whether an annotation is `list[str]`, possibly constrained (`Annotated`) or optional (`| None`)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return is_string_list(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(is_string_list(a) for a in args if a is not type(None))
+    return origin is list and args == (str,)
 
 
 def closest_fields(model: type[BaseModel], path: list[str]) -> list[str]:
@@ -68,6 +72,8 @@ def type_name(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
         return "|".join(str(a) for a in args)
+    if origin is typing.Annotated:
+        return type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         return " | ".join("None" if a is type(None) else type_name(a) for a in args)
     if origin is list:

@@ -21,6 +21,7 @@ from fedpilot.data.sources import DataError, DroppedRows, TextData, agree_labels
 from fedpilot.data.tokenize import tokenize
 from fedpilot.memory.cost import CostProfile
 from fedpilot.memory.profiler import profile
+from fedpilot.models.inputs import forward_inputs
 from fedpilot.models.loading import ModelError, add_lora, load_classifier, load_tokenizer, resolve_model_path
 from fedpilot.models.units import UnitMap, adapter_state, units_at
 
@@ -112,12 +113,13 @@ def build_federation(config: Config) -> Federation:
     text, parts, val = load_partitions(config)
     cost, budgets = profile_budgets(config, len(text.label_names))
     tokenizer = load_tokenizer(config.model.path)
-    client_data = [tokenize(part, tokenizer, config.model.max_length) for part in parts]
-    test = tokenize(subset(text.test, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
-    if val is not None:
-        val = tokenize(subset(val, config.eval.max_examples, config.seed), tokenizer, config.model.max_length)
     model = lora_model(config, len(text.label_names), tokenizer.pad_token_id)
-    full_test = tokenize(text.test, tokenizer, config.model.max_length) if config.eval.final_full else None
+    inputs, length = forward_inputs(model), config.model.max_length
+    client_data = [tokenize(part, tokenizer, length, inputs) for part in parts]
+    test = tokenize(subset(text.test, config.eval.max_examples, config.seed), tokenizer, length, inputs)
+    if val is not None:
+        val = tokenize(subset(val, config.eval.max_examples, config.seed), tokenizer, length, inputs)
+    full_test = tokenize(text.test, tokenizer, length, inputs) if config.eval.final_full else None
     unit_map = units_at(model, config.lora.granularity)
     if len(unit_map.units) != cost.num_units:
         raise ModelError(f"the model has {len(unit_map.units)} {config.lora.granularity} units but its cost profile "
@@ -135,10 +137,10 @@ def node_federation(config: Config, data: Dataset, client_id: int) -> Federation
     labels = list(config.data.labels or [])
     cost, budgets = profile_budgets(config, len(labels))
     tokenizer = load_tokenizer(config.model.path)
-    own = tokenize(data, tokenizer, config.model.max_length)
+    model = lora_model(config, len(labels), tokenizer.pad_token_id)
+    own = tokenize(data, tokenizer, config.model.max_length, forward_inputs(model))
     empty = own.select([])
     client_data = [own if client == client_id else empty for client in range(config.clients.num_clients)]
-    model = lora_model(config, len(labels), tokenizer.pad_token_id)
     return Federation(model, units_at(model, config.lora.granularity), client_data, empty, None, labels,
                       train_settings(config), cost, budgets)
 

@@ -8,6 +8,7 @@ config); a file holding any other label is refused before training, with the lab
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,14 @@ def node_config_tree(tree: dict[str, Any], data: NodeData) -> dict[str, Any]:
 
 
 def load_node_data(data: NodeData, labels: list[str]) -> Dataset:
-    """The node's examples as a Dataset (`text`, `label` as indexes into `labels`).
+    """The node's examples as a Dataset (`text`, `label` as indexes into `labels`); rows with an empty
+    text or label are left out and said on stderr (the SuperNode's log).
 
     Raises DataError for a missing file or column, an empty file, or a label outside `labels` (named).
     """
-    frame = read_table(Path(data.path), data.text_column, data.label_column)
+    frame, dropped = read_table(Path(data.path), data.text_column, data.label_column, "node")
+    if dropped.dropped:
+        print(f"data: {dropped.describe()}", file=sys.stderr)
     if frame.empty:
         raise DataError(f"node data {data.path} has no labelled examples")
     return to_dataset(frame, labels, f"node data {data.path}")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -25,8 +26,15 @@ def fingerprint(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
-    """input_ids / attention_mask / label as torch tensors, padded to max_length; cached."""
+TOKENIZER_OUTPUTS = ("input_ids", "attention_mask", "token_type_ids")
+"""The tokenizer outputs a model may take."""
+
+
+def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int,
+             inputs: Collection[str] = TOKENIZER_OUTPUTS) -> Dataset:
+    """input_ids / attention_mask / token_type_ids (those of them in `inputs`, the names the model's
+    forward takes, `fedpilot.models.inputs.forward_inputs`) and label as torch tensors, padded to
+    max_length; the tokenized data is cached whole."""
     disable_progress_bars()
     folder = cache_root() / fingerprint(dataset, tokenizer, max_length)
     if folder.is_dir():
@@ -45,7 +53,7 @@ def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: i
                 raise
             shutil.rmtree(tmp)
         encoded = load_from_disk(str(folder))
-    keep = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label") if c in encoded.column_names]
+    keep = [c for c in TOKENIZER_OUTPUTS if c in encoded.column_names and c in inputs] + ["label"]
     return encoded.with_format("torch", columns=keep)
 
 

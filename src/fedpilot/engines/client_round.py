@@ -36,7 +36,7 @@ def attempt_client(config: Config, federation: Federation, state: State, round_n
         if injected_failure(config, round_number, client_id):
             raise InjectedFailure(f"injected failure (clients.failure_rate={config.clients.failure_rate})")
         return train_client(federation.model, federation.unit_map, state, plan, federation.client_data[client_id],
-                            federation.settings, client_id, seed, federation.profile.peak)
+                            federation.settings, client_id, seed, federation.profile.peak_of(plan.units))
     except BudgetExceeded as error:
         return {"over_budget": str(error)}
     except Exception as error:  # noqa: BLE001 - any client crash (incl. out-of-memory) is data

@@ -16,6 +16,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATIO
 from transformers.utils import logging as hf_logging
 
 from fedpilot.models.loading import ModelError, add_lora, check_targets, resolve_model_path
+from fedpilot.models.targets import default_targets
 from fedpilot.models.units import UnitMap, discover_units
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "amp-bf16": torch.float32}
@@ -52,15 +53,8 @@ def build_model(config: PretrainedConfig, dtype: str = "fp32", rank: int = 8, ta
     torch.manual_seed(seed)
     with torch.device(device):
         model = _auto_class(config).from_config(config).to(DTYPES[dtype])
-        model = add_lora(model, rank, 2.0 * rank, 0.0, list(targets or default_targets(model)))
+        model = add_lora(model, rank, 2.0 * rank, 0.0, list(targets) if targets else None)
     return model, discover_units(model)
-
-
-def default_targets(model: nn.Module) -> list[str]:
-    """Query and value projections: `q_proj`/`v_proj` where the model has them (Llama; ViT in Transformers 5), else
-    `query`/`value`."""
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return ["q_proj", "v_proj"] if "q_proj" in leaves else ["query", "value"]
 
 
 def make_batch(config: PretrainedConfig, batch: int, length: int, dtype: str = "fp32",

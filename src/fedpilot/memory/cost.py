@@ -1,24 +1,33 @@
 """The memory cost model Mem(S) of one model configuration, its JSON cache, and memory budgets.
 
     Mem(S)  = fixed_mem + path_mem[min S] + sum_{j in S} unit_mem[j]     (S non-empty)
+            = M_frozen + M_head + A_head + M_peak + A_path(min S) + sum_{j in S} unit_mem[j]
     Mem({}) = fixed_mem                                                 (head only)
 
-    fixed_mem   = M_frozen + M_head + A_head + M_peak
-    path_mem[k] = A_path(k): saved activations from block k to the top, beyond A_head
+    fixed_mem   = M_frozen + M_head + A_head + M_peak,head
+    path_mem[k] = A_path(k) + M_peak - M_peak,head: saved activations from block k to the top,
+                  beyond A_head, and the step's transient peak in place of the head-only one
     unit_mem[j] = M_state(j) + a_j
 
 M_frozen holds every parameter and buffer outside the head, all units' LoRA weights included: a
 client's model holds every adapter whatever it trains. M_state(j) is unit j's LoRA gradients and
 AdamW moments; M_head the head's weights, gradients and moments; A_head the activations that
-training the head alone saves; a_j the tensors only unit j's own LoRA branches save; M_peak the
-transient peak of a step (the input batch, temporaries, gradients in flight). All are measured
-by `fedpilot.memory.profiler`. Activation terms are affine in the batch size (`at_batch`).
+training the head alone saves; a_j what training unit j adds to the saved activations when a lower
+unit is trained anyway (mostly its own LoRA branches' tensors; a_0 is unit 0's LoRA share); M_peak the
+transient peak of a step that trains units (the input batch, temporaries, gradients in flight, on top
+of the saved activations) and M_peak,head that of a step that trains the head alone. They differ:
+with nothing saved below the head, the head-only step peaks at a forward temporary (an FFN's
+intermediate), which a step that trains units has long freed when it peaks at the start of
+backward; one M_peak for both over-counts every set by their difference (docs/method.md). The
+profiler makes M_peak >= M_peak,head - min_k A_path(k), so path_mem stays non-negative and no set
+costs less than the head-only step's peak. All are measured by `fedpilot.memory.profiler`.
+Activation terms are affine in the batch size (`at_batch`).
 
 At module granularity (each adapted Linear a unit, `blocks[j]` its block) the Linears of one block
 share inputs and attention, so their costs do not add up unit by unit. Write S_b for the units of S
 in block b (a bit mask over the block's units, in unit order) and b0 for the lowest block of S:
 
-    Mem(S)  = fixed_mem + lowest[b0][S_b0] + sum_{b > b0, S_b non-empty} above[b][S_b]
+    Mem(S)  = fixed_mem + (M_peak - M_peak,head) + lowest[b0][S_b0] + sum_{b > b0, S_b non-empty} above[b][S_b]
 
 lowest[b][T] is what training exactly the set T of block b (and nothing below or above) costs beyond
 fixed_mem: activations from block b to the top, T's state and LoRA-saved tensors; above[b][T] is what
@@ -83,6 +92,9 @@ class CostProfile:
     above: tuple[tuple[int, ...], ...] = ()
     lowest_per_example: tuple[tuple[float, ...], ...] = ()
     above_per_example: tuple[tuple[float, ...], ...] = ()
+    head_peak: int | None = None
+    """M_peak,head at `batch`; None (a hand-built profile): the same as `peak`."""
+    head_peak_per_example: float = 0.0
 
     @property
     def num_units(self) -> int:
@@ -94,15 +106,24 @@ class CostProfile:
         """"module" when the profile has per-block tables of module units, else "block"."""
         return "module" if self.blocks else "block"
 
+    def head_only_peak(self) -> int:
+        """M_peak,head: the transient peak of a step that trains the head alone."""
+        return self.peak if self.head_peak is None else self.head_peak
+
+    def peak_of(self, units: Iterable[int]) -> int:
+        """The transient peak of a step that trains `units` (M_peak,head when there are none, else M_peak)."""
+        return self.peak if any(True for _ in units) else self.head_only_peak
+
     @property
     def fixed_mem(self) -> int:
-        """M_frozen + M_head + A_head + M_peak: the cost of training the head alone."""
-        return self.frozen + self.head + self.head_path + self.peak
+        """M_frozen + M_head + A_head + M_peak,head: the cost of training the head alone."""
+        return self.frozen + self.head + self.head_path + self.head_only_peak
 
     @property
     def path_mem(self) -> tuple[int, ...]:
-        """A_path(k) for k = 0..n-1: what a lowest trained unit k adds in saved activations."""
-        return self.path
+        """A_path(k) + M_peak - M_peak,head for k = 0..n-1: what a lowest trained unit k adds to the head-only cost
+        besides its own unit_mem (its saved activations, and the switch from the head-only transient peak)."""
+        return tuple(p + self.peak - self.head_only_peak for p in self.path)
 
     @property
     def unit_mem(self) -> tuple[int, ...]:
@@ -114,8 +135,9 @@ class CostProfile:
         if batch <= 0:
             raise ValueError(f"batch size must be positive, got {batch}")
         step = batch - self.batch
+        head_peak = None if self.head_peak is None else round(self.head_peak + self.head_peak_per_example * step)
         return replace(self, batch=batch, head_path=round(self.head_path + self.head_path_per_example * step),
-                       peak=round(self.peak + self.peak_per_example * step),
+                       peak=round(self.peak + self.peak_per_example * step), head_peak=head_peak,
                        path=tuple(round(v + s * step) for v, s in zip(self.path, self.path_per_example)),
                        lora=tuple(round(v + s * step) for v, s in zip(self.lora, self.lora_per_example)),
                        lowest=_table_at(self.lowest, self.lowest_per_example, step),
@@ -154,7 +176,7 @@ def mem_of(profile: CostProfile, units: Iterable[int]) -> int:
     if profile.blocks:
         masks = block_masks(profile.blocks, chosen)
         low = min(masks)
-        return (profile.fixed_mem + profile.lowest[low][masks[low] - 1]
+        return (profile.fixed_mem + profile.peak - profile.head_only_peak + profile.lowest[low][masks[low] - 1]
                 + sum(profile.above[b][mask - 1] for b, mask in masks.items() if b != low))
     unit = profile.unit_mem
     return profile.fixed_mem + profile.path_mem[chosen[0]] + sum(unit[j] for j in chosen)

@@ -4,7 +4,7 @@ The blocks of one model are identical, and what a unit holds and saves depends o
 from it to the top. So, from the profiles of copies with L and L + 1 blocks (`truncated`), the
 profile of the same model with n blocks is (`extend`, all in bytes):
 
-    scalar v (frozen, head, head_path, peak, per-example slopes): v(n) = v(L+1) + (n-L-1) (v(L+1) - v(L))
+    scalar v (frozen, head, head_path, peak, head_peak, per-example slopes): v(n) = v(L+1) + (n-L-1) (v(L+1) - v(L))
     per-unit t, top L-1 units k = n-L+1..n-1: t_n[k] = t_{L+1}[k - n + L + 1]   (same blocks above)
     unit 0:                                  t_n[0] = t_{L+1}[0] + (n-L-1) (t_{L+1}[0] - t_L[0])
     units k = 1..n-L:                        t_n[k] = t_{L+1}[1] + (n-L-k) (t_{L+1}[1] - t_L[1])
@@ -22,7 +22,8 @@ from transformers import PretrainedConfig
 
 from fedpilot.memory.cost import CostProfile
 
-SCALARS = ("frozen", "head", "head_path", "peak", "head_path_per_example", "peak_per_example")
+SCALARS = ("frozen", "head", "head_path", "peak", "head_peak", "head_path_per_example", "peak_per_example",
+           "head_peak_per_example")
 PER_UNIT = ("state", "path", "lora", "path_per_example", "lora_per_example")
 
 
@@ -57,9 +58,14 @@ def extend(low: CostProfile, high: CostProfile, depth: int) -> CostProfile:
     if high.num_units != low.num_units + 1 or low.num_units < 2 or depth < high.num_units:
         raise ValueError(f"cannot extend profiles of {low.num_units} and {high.num_units} blocks to {depth}")
     more = depth - high.num_units
-    scalars = {name: getattr(high, name) + more * (getattr(high, name) - getattr(low, name)) for name in SCALARS}
+    scalars = {name: _extend_scalar(getattr(low, name), getattr(high, name), more) for name in SCALARS}
     units = {name: _extend_units(getattr(low, name), getattr(high, name), depth) for name in PER_UNIT}
     return replace(high, **scalars, **units)
+
+
+def _extend_scalar(low: float | None, high: float | None, more: int) -> float | None:
+    """A scalar term `more` blocks deeper than at `high` (module formula); None (no separate head peak) stays None."""
+    return None if high is None or low is None else high + more * (high - low)
 
 
 def _extend_units(low: tuple, high: tuple, depth: int) -> tuple:

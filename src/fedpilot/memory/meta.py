@@ -1,12 +1,14 @@
 """Run Hugging Face training steps on the `meta` device exactly as on CPU, with no memory or compute.
 
-Four things differ on meta and are made to match CPU here:
+Five things differ on meta and are made to match CPU here:
 - `scaled_dot_product_attention` has no fused-kernel choice on meta and falls back to the math
   kernel (which saves the attention matrix); CPU picks its flash kernel when it can. We ask CPU's
   chooser with storage-less stand-ins of the same shapes and call CPU's kernel on meta if it would.
   The stand-ins are made outside the dispatch modes, so no allocation meter counts them.
 - Data-dependent checks read a scalar (`torch.all(mask == 1)`), which meta cannot. Boolean reads
   answer False: right for the profiler's batches, whose attention mask always has a padded token.
+- `nonzero` has a data-dependent shape, which meta refuses. It answers as if every element were
+  nonzero: right where DeBERTa's loss selects the labels that are not -100, as the profiler's all are.
 - LayerNorm on bf16/fp16 input saves its mean and rstd in float32 on meta (as CUDA does) but in
   the input's dtype on CPU; meta's are cast to the input dtype.
 - Llama's rotary embedding opens `torch.autocast(device_type="meta", enabled=False)`, which torch
@@ -74,14 +76,17 @@ class _CpuAttention(TorchFunctionMode):
 
 
 class _MetaOpsAsCpu(TorchDispatchMode):
-    """Answer boolean scalar reads of meta tensors with False (refuse others); LayerNorm stats as on CPU."""
+    """Answer boolean scalar reads of meta tensors with False (refuse others), `nonzero` as if all elements
+    were nonzero; LayerNorm stats as on CPU."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        """Fake a boolean scalar read on meta; give LayerNorm's saved stats the input's dtype."""
+        """Fake a boolean scalar read and `nonzero` on meta; give LayerNorm's saved stats the input's dtype."""
         if func is torch.ops.aten._local_scalar_dense.default and args[0].is_meta:
             if args[0].dtype != torch.bool:
                 raise MetaScalarError(f"the model reads a {args[0].dtype} number from a meta tensor; profile it on cpu")
             return False
+        if func is torch.ops.aten.nonzero.default and args[0].is_meta:
+            return torch.empty(args[0].numel(), args[0].dim(), dtype=torch.long, device="meta")
         out = func(*args, **(kwargs or {}))
         if func is torch.ops.aten.native_layer_norm.default and args[0].is_meta:
             return out[0], out[1].to(args[0].dtype), out[2].to(args[0].dtype)

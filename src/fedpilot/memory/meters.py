@@ -6,7 +6,8 @@ storage once however many views of it autograd saves. Parameters and buffers tha
 counted once in M_frozen / M_head, so the meter skips them. `AllocationMeter` is a dispatch mode
 that follows every storage an op creates until it dies, for the peak of a step. Both work on the
 `meta` device (no data_ptr there): storages are told apart by their Python objects, which torch
-keeps for exactly as long as the storage lives.
+keeps for exactly as long as the storage lives. `AllocatorPeak` is the outside check of both: the
+CPU allocator's own accounting, from the profiler's memory events.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.autograd import DeviceType
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
@@ -196,3 +198,37 @@ def _tensors(items: Iterable[object]) -> Iterator[torch.Tensor]:
             yield item
         elif isinstance(item, (tuple, list)):
             yield from (x for x in item if isinstance(x, torch.Tensor))
+
+
+class AllocatorPeak:
+    """The CPU allocator's own count of what the code inside allocates, read from `torch.profiler`'s memory events.
+
+    With `profile_memory=True` the profiler reports every allocation and free the CPU allocator makes
+    (kernels' internal workspaces included), with its size in bytes; `peak` is the largest running total
+    inside the block, counted from zero at its start. Frees of blocks allocated before it are not
+    reported by the profiler, so they never lower the total: `peak` is an upper bound of the growth.
+    Independent of the other meters (no hooks, no dispatch mode). CPU only.
+    """
+
+    def __init__(self) -> None:
+        """Nothing measured yet."""
+        self.peak = 0
+        self._profile: torch.profiler.profile | None = None
+
+    def __enter__(self) -> AllocatorPeak:
+        """Start the profiler with memory events."""
+        self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+        self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop the profiler and read the peak off its memory events, in time order."""
+        self._profile.__exit__(*exc)
+        events = [e for e in self._profile.profiler.kineto_results.events()
+                  if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
+        self.peak = running_peak([e.nbytes() for e in sorted(events, key=lambda e: e.start_ns())])
+
+
+def running_peak(changes: Iterable[int]) -> int:
+    """The largest running sum of byte changes (allocations positive, frees negative), starting from 0."""
+    return max(itertools.accumulate(changes, initial=0))

@@ -72,7 +72,8 @@ def rows(values: list[float], per_block: list[list[int]], skip_first: bool = Fal
 def module_profile(block_profile: CostProfile, config: PretrainedConfig, dtype: str, device: str) -> CostProfile:
     """`block_profile` with module units: per-unit state, the lowest/above tables and their slopes.
 
-    M_peak is the larger of the block profile's and every measured step's transient. Per-unit `path`
+    M_peak is the larger of the block profile's and every measured step's transient that trains units
+    (the head-only step keeps the block profile's M_peak,head). Per-unit `path`
     and `lora` are the single-unit split (Mem({j}) = fixed_mem + path[j] + unit_mem[j], unit_mem[j] =
     above[b][{j}]), for tables and reach. Raises ProfileError (a ModelError) when a block has more than
     MAX_MODULES_PER_BLOCK adapted Linears.
@@ -107,7 +108,7 @@ def module_profile(block_profile: CostProfile, config: PretrainedConfig, dtype: 
                    lora=tuple(c - s for c, s in zip(unit_cost, state)),
                    path_per_example=tuple(low_slopes[b][i] - above_slopes[b][i] for b, i in alone),
                    lora_per_example=tuple(above_slopes[b][i] for b, i in alone),
-                   peak=max(p.peak, *(step[2] for step in steps)))
+                   peak=max(p.peak, *(step[2] for step, plan in zip(steps, plans) if plan)))
 
 
 def _single(block_of: tuple[int, ...], unit: int) -> tuple[int, int]:

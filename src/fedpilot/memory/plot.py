@@ -30,7 +30,7 @@ def model_label(model: str) -> str:
 def single_unit_parts(profile: CostProfile, k: int) -> dict[str, int]:
     """Mem({k}) split into its components (they sum to `mem_of(profile, [k])`)."""
     return {"frozen": profile.frozen, "head": profile.head + profile.head_path, "unit": profile.unit_mem[k],
-            "path": profile.path_mem[k], "peak": profile.peak}
+            "path": profile.path[k], "peak": profile.peak}
 
 
 def profile_table(profile: CostProfile) -> Table:
@@ -42,13 +42,14 @@ def profile_table(profile: CostProfile) -> Table:
     for column in ("unit", "Mem({k})", "A_path(k)", "M_state(k)", "a_k", "marginal above", "Mem(k..top)"):
         table.add_column(column, justify="right")
     for k in range(n):
-        table.add_row(str(k), human(mem_of(profile, [k])), human(profile.path_mem[k]), human(profile.state[k]),
+        table.add_row(str(k), human(mem_of(profile, [k])), human(profile.path[k]), human(profile.state[k]),
                       human(profile.lora[k]), human(profile.unit_mem[k]), human(mem_of(profile, range(k, n))))
     table.add_section()
     table.add_row("head only", human(profile.fixed_mem), "", "", "", "", "")
     table.add_row("all units", human(mem_of(profile, range(n))), "", "", "", "", "")
-    table.caption = (f"fixed = M_frozen {human(profile.frozen)} + M_head {human(profile.head)} + "
-                     f"A_head {human(profile.head_path)} + M_peak {human(profile.peak)}")
+    table.caption = (f"head only = M_frozen {human(profile.frozen)} + M_head {human(profile.head)} + "
+                     f"A_head {human(profile.head_path)} + M_peak,head {human(profile.head_only_peak)}; "
+                     f"with units, M_peak {human(profile.peak)} in place of M_peak,head")
     return table
 
 

@@ -11,6 +11,7 @@ itself and extended to its depth (`fedpilot.memory.depth`), where that is exact.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from fedpilot.memory.build import make_batch
 from fedpilot.memory.cost import CostProfile, cache_path, load_profile, save_profile
 from fedpilot.memory.depth import depth_of, extend, truncated
 from fedpilot.memory.meta import meta_like_cpu
-from fedpilot.memory.meters import AllocationMeter, SavedBytesMeter, SavedStorage
+from fedpilot.memory.meters import AllocationMeter, AllocatorPeak, SavedBytesMeter, SavedStorage
 from fedpilot.models.loading import ModelError
 from fedpilot.models.units import GRANULARITIES, UnitMap, set_trainable
 
@@ -35,6 +36,11 @@ DEVICES = ("cpu", "meta")
 
 SHALLOW = 3
 """Blocks of the shallowest copy `measure_profile` measures of a deep model."""
+
+UNSEEN = 4 * 1024
+"""Bytes added to each transient peak for what the CPU allocator holds at a step's peak but no op returns
+(wrapped Python scalars, kernels' small workspaces), which `AllocationMeter` cannot see: at most 256 bytes
+in `benchmarks/memory_allocator.py`, and this is 16 times that."""
 
 
 class ProfileError(ModelError):
@@ -87,23 +93,45 @@ def measure_step(model: nn.Module, unit_map: UnitMap, units: Iterable[int], batc
     names = set(set_trainable(model, unit_map, units))
     params = {name: p for name, p in model.named_parameters() if name in names}
     optimizer = torch.optim.AdamW(list(params.values()), lr=lr)
-    _create_state(optimizer)
+    create_state(optimizer)
     model.train()
     with AllocationMeter() as allocation, SavedBytesMeter(model, attribute=True) as meter:
         with _forward_context(batch, autocast):
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()
-    grads = {name: _storage_bytes([p.grad]) for name, p in params.items()}
-    state = {name: grads[name] + _storage_bytes(s for s in optimizer.state[p].values() if s.dim())
+    grads = {name: storage_bytes([p.grad]) for name, p in params.items()}
+    state = {name: grads[name] + storage_bytes(s for s in optimizer.state[p].values() if s.dim())
              for name, p in params.items()}
     optimizer.zero_grad(set_to_none=True)
     head = set(unit_map.head_keys)
-    return StepCost(units, _storage_bytes(itertools.chain(model.parameters(), model.buffers())),
-                    _storage_bytes(p for name, p in model.named_parameters() if name in head),
+    return StepCost(units, storage_bytes(itertools.chain(model.parameters(), model.buffers())),
+                    storage_bytes(p for name, p in model.named_parameters() if name in head),
                     meter.peak_saved, _lora_only(meter.last_step, unit_map), _per_unit(state, unit_map),
                     sum(state[name] for name in head), sum(grads.values()),
-                    allocation.peak + _storage_bytes(batch.values()))
+                    allocation.peak + storage_bytes(batch.values()))
+
+
+def allocator_step(model: nn.Module, unit_map: UnitMap, units: Iterable[int], batch: dict[str, torch.Tensor],
+                   lr: float = 1e-4) -> int:
+    """Peak bytes of one steady-state AdamW step training `units` and the head on `batch` (CPU), as the CPU
+    allocator counts them: the storages held before the step (weights, buffers, AdamW state, the batch)
+    plus the largest growth in the profiler's memory events during it (`AllocatorPeak`). No meter that
+    builds Mem(S) takes part: this is the outside check of Mem(S) (`benchmarks/memory_allocator.py`)."""
+    names = set(set_trainable(model, unit_map, tuple(units)))
+    optimizer = torch.optim.AdamW([p for name, p in model.named_parameters() if name in names], lr=lr)
+    create_state(optimizer)
+    model.train()
+    gc.collect()
+    moments = [t for state in optimizer.state.values() for t in state.values()]
+    before = storage_bytes([*model.parameters(), *model.buffers(), *moments, *batch.values()])
+    with AllocatorPeak() as allocator:
+        loss = model(**batch).loss
+        loss.backward()
+        del loss
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return before + allocator.peak
 
 
 def _per_unit(sizes: dict[str, int], unit_map: UnitMap) -> tuple[int, ...]:
@@ -123,7 +151,7 @@ def _forward_context(batch: dict[str, torch.Tensor], autocast: torch.dtype | Non
     return torch.autocast(next(iter(batch.values())).device.type, autocast)
 
 
-def _create_state(optimizer: torch.optim.Optimizer) -> None:
+def create_state(optimizer: torch.optim.Optimizer) -> None:
     """Give AdamW its moments before the measured step, as any step after the first finds them."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for p in params:
@@ -132,7 +160,7 @@ def _create_state(optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def _storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
+def storage_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
     """Bytes of the distinct storages behind the tensors."""
     storages = {id(s): s.nbytes() for s in (t.untyped_storage() for t in tensors if t is not None)}
     return sum(storages.values())
@@ -169,8 +197,13 @@ def measure_saved(model: nn.Module, unit_map: UnitMap, units: Iterable[int], bat
 
 
 def plans(num_units: int) -> list[tuple[int, ...]]:
-    """The sets a profile measures: each single unit k = 0..n-1, then the head alone, then every unit."""
+    """The sets a profile measures with full steps: each single unit k = 0..n-1, the head alone, every unit."""
     return [(k,) for k in range(num_units)] + [(), tuple(range(num_units))]
+
+
+def pairs(num_units: int) -> list[tuple[int, ...]]:
+    """The sets a profile measures with forwards only: unit 0 with each unit j = 1..n-1 (for a_j)."""
+    return [(0, j) for j in range(1, num_units)]
 
 
 def measure_plans(model: nn.Module, unit_map: UnitMap, config: PretrainedConfig, batch: int, length: int,
@@ -202,7 +235,7 @@ def profile(model: str, batch: int, seq: int = 128, image_size: int | None = Non
     targets = tuple(sorted(targets or default_targets_of(config)))
     key = {"model": str(Path(model).resolve()) if Path(model).exists() else model, "config": config.to_json_string(),
            "batch": batch, "length": length, "dtype": dtype, "rank": rank, "targets": targets,
-           "torch": torch.__version__, "transformers": transformers.__version__, "format": 2,
+           "torch": torch.__version__, "transformers": transformers.__version__, "format": 3,
            **({"granularity": granularity} if granularity != "block" else {})}
     path = cache_path(key)
     if use_cache and path.is_file():
@@ -240,24 +273,29 @@ def measure_blocks(config: PretrainedConfig, batch: int, length: int, dtype: str
                    targets: tuple[str, ...], device: str, model: str) -> CostProfile:
     """Build the whole model and run the steps of a profile (see `profile`) through every block."""
     net, unit_map = build_model(config, dtype, rank, targets, device)
+    n, autocast = len(unit_map.units), AUTOCAST.get(dtype)
     steps = measure_plans(net, unit_map, config, batch, length, dtype, device)
-    worst = plans(len(unit_map.units))[max(range(len(steps)), key=lambda i: steps[i].transient)]
-    inputs = make_batch(config, batch + 1, length, dtype, device)
+    worst = plans(n)[max(range(len(steps)), key=lambda i: steps[i].transient if steps[i].units else -1)]
+    inputs, more = make_batch(config, batch, length, dtype, device), make_batch(config, batch + 1, length, dtype, device)
     with meta_like_cpu() if device == "meta" else contextlib.nullcontext():
-        forwards = [measure_saved(net, unit_map, units, inputs, AUTOCAST.get(dtype))
-                    for units in plans(len(unit_map.units))]
-        worst_step = measure_step(net, unit_map, worst, inputs, AUTOCAST.get(dtype))
-    return assemble(steps, forwards, worst_step.transient, batch + 1,
+        paired = [measure_saved(net, unit_map, units, inputs, autocast)[0] for units in pairs(n)]
+        forwards = [measure_saved(net, unit_map, units, more, autocast) for units in plans(n)]
+        paired_more = [measure_saved(net, unit_map, units, more, autocast)[0] for units in pairs(n)]
+        transients = tuple(measure_step(net, unit_map, units, more, autocast).transient for units in ((), worst))
+    return assemble(steps, paired, forwards, paired_more, transients, batch + 1,
                     dict(model=model, batch=batch, length=length, dtype=dtype, rank=rank, targets=targets,
                          device=device))
 
 
-def assemble(steps: list[StepCost], forwards: list[tuple[int, tuple[int, ...]]], transient: int, other_batch: int,
-             meta: dict) -> CostProfile:
-    """The cost profile from full steps of `plans` at the profile's batch size and, at `other_batch`,
-    forwards of the same plans and the largest transient (for bytes per example)."""
-    here = _activation_terms([(s.saved, s.lora_saved) for s in steps], max(s.transient for s in steps))
-    there = _activation_terms(forwards, transient)
+def assemble(steps: list[StepCost], paired: list[int], forwards: list[tuple[int, tuple[int, ...]]],
+             paired_more: list[int], transients: tuple[int, int], other_batch: int, meta: dict) -> CostProfile:
+    """The cost profile from full steps of `plans` and forwards of `pairs` (saved bytes) at the profile's
+    batch size and, at `other_batch`, forwards of both and the transients of the head-only step and of the
+    step with the largest transient among those that train units (for bytes per example)."""
+    head_transient = next(s.transient for s in steps if not s.units)
+    unit_transient = max(s.transient for s in steps if s.units)
+    here = _activation_terms([(s.saved, s.lora_saved) for s in steps], paired, (head_transient, unit_transient))
+    there = _activation_terms(forwards, paired_more, transients)
     step = meta["batch"] - other_batch
     slopes = {f"{name}_per_example": _slope(here[name], there[name], step) for name in here}
     n, head_only = len(steps) - 2, steps[-2]
@@ -266,19 +304,27 @@ def assemble(steps: list[StepCost], forwards: list[tuple[int, tuple[int, ...]]],
                        state=tuple(steps[j].state[j] for j in range(n)))
 
 
-def _activation_terms(saved: list[tuple[int, tuple[int, ...]]], transient: int) -> dict:
-    """A_head, A_path(k), a_j and M_peak from (saved bytes, LoRA-only bytes per unit) of each of `plans`.
+def _activation_terms(saved: list[tuple[int, tuple[int, ...]]], paired: list[int],
+                      transients: tuple[int, int]) -> dict:
+    """A_head, A_path(k), a_j, M_peak,head and M_peak from (saved bytes, LoRA-only bytes per unit) of each
+    of `plans`, the saved bytes of each of `pairs` and the (head-only, largest unit-training) transients.
 
-    a_j (j > 0) is what unit j's LoRA branches alone save when j is trained above a lower trained
-    unit, less what they save when j is frozen above it (under autocast a frozen LoRA weight's cast
-    is saved too): the all-units plan against the unit-0 plan. a_0 is unit 0's own share of the
-    unit-0 plan. A_path(k) is the rest of the unit-k plan beyond the head-only plan.
+    M_peak is the largest transient of a step that trains units, raised where needed to
+    M_peak,head - min_k A_path(k), so that no such step is estimated below the head-only one.
+
+    a_j (j > 0) is what training unit j adds to the saved bytes when a lower unit is trained anyway:
+    the plan {0, j} against the plan {0}. Mostly unit j's LoRA branches' own tensors, but not only:
+    in DeBERTa a trained query projection also makes its relative-position branch save the keys.
+    a_0 is unit 0's LoRA branches' own share of the unit-0 plan. A_path(k) is the rest of the unit-k
+    plan beyond the head-only plan.
     """
-    n, (head_only, _), (_, every) = len(saved) - 2, saved[-2], saved[-1]
-    lowest = saved[0][1]
-    lora = (lowest[0],) + tuple(every[j] - lowest[j] for j in range(1, n))
-    return {"head_path": head_only, "lora": lora, "peak": max(0, transient),
-            "path": tuple(saved[k][0] - head_only - lora[k] for k in range(n))}
+    n, (head_only, _) = len(saved) - 2, saved[-2]
+    lowest, lowest_lora = saved[0]
+    lora = (lowest_lora[0],) + tuple(paired[j - 1] - lowest for j in range(1, n))
+    path = tuple(saved[k][0] - head_only - lora[k] for k in range(n))
+    head_peak = max(0, transients[0]) + UNSEEN
+    return {"head_path": head_only, "lora": lora, "path": path, "head_peak": head_peak,
+            "peak": max(max(0, transients[1]) + UNSEEN, head_peak - min(path))}
 
 
 def _slope(here: int | tuple[int, ...], there: int | tuple[int, ...], step: int) -> float | tuple[float, ...]:

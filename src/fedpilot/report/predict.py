@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedpilot.data.sources import DataError
 from fedpilot.models.export import RunModel
+from fedpilot.models.inputs import accepted_inputs
 
 READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
@@ -49,8 +50,9 @@ def class_probabilities(run_model: RunModel, texts: list[str], batch_size: int,
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             batch = texts[start:start + batch_size]
-            inputs = tokenizer(batch, truncation=True, max_length=run_model.max_length, padding="max_length",
-                               return_tensors="pt")
+            encoded = tokenizer(batch, truncation=True, max_length=run_model.max_length, padding="max_length",
+                                return_tensors="pt")
+            inputs = accepted_inputs(encoded, model)
             parts.append(torch.softmax(model(**inputs).logits.float(), dim=-1))
             if advance is not None:
                 advance(len(batch))
