@@ -106,6 +106,7 @@ class CostProfile:
         """"module" when the profile has per-block tables of module units, else "block"."""
         return "module" if self.blocks else "block"
 
+    @property
     def head_only_peak(self) -> int:
         """M_peak,head: the transient peak of a step that trains the head alone."""
         return self.peak if self.head_peak is None else self.head_peak
