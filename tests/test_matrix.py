@@ -29,7 +29,7 @@ from fedpilot.memory.cost import mem_of
 from fedpilot.memory.profiler import allocator_step, measure_blocks, measure_profile, measure_step, profile
 from fedpilot.models.inputs import accepted_inputs, forward_inputs
 from fedpilot.models.loading import ModelError, add_lora, load_classifier, load_tokenizer
-from fedpilot.models.matrix import ARCHITECTURES, BY_NAME, DOC, Architecture, Size, render
+from fedpilot.models.matrix import ARCHITECTURES, BY_NAME, DOC, Architecture, Size, render, transformers_major
 from fedpilot.models.targets import default_targets
 from fedpilot.models.units import discover_units
 from fedpilot.report.records import RunRecorder, read_rounds
@@ -184,7 +184,7 @@ def test_one_federated_round_learns_the_task(name, folders, task, tmp_path):
 def profile_config(arch: Architecture, layers: int):
     """The family's config as the profiler reads it (a missing pad id becomes 0)."""
     config = arch.config(Size(layers=layers))
-    if config.pad_token_id is None:
+    if getattr(config, "pad_token_id", None) is None:  # ViT's config has none (no such attribute in Transformers 5)
         config.pad_token_id = 0
     return config
 
@@ -225,6 +225,8 @@ def test_estimate_equals_measurement_on_held_out_unit_sets(name):
 
 
 def test_docs_models_md_is_generated_from_the_table():
+    if f"with Transformers {transformers_major()}.x" not in DOC.read_text():
+        pytest.skip("docs/models.md was generated under another Transformers major")
     text = render()
     assert DOC.read_text() == text, "run `python -m fedpilot.models.matrix` to regenerate docs/models.md"
     assert all(f"| {arch.name} | `{arch.model_class}` |" in text for arch in ARCHITECTURES)

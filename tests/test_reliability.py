@@ -91,7 +91,7 @@ def underestimating_run(tmp_path, policy: str) -> LocalRun:
     config = load_config(None, [*SMALL, "train.rounds=1", "strategy.name=fedpilot", f"output.dir={tmp_path}",
                                 "clients.groups=[{share: 1.0, memory: '85%'}]", f"clients.on_over_budget={policy}"])
     federation = build_federation(config)
-    cheap = dataclasses.replace(federation.profile, path=tuple(p // 10 for p in federation.profile.path))
+    cheap = dataclasses.replace(federation.profile, path=tuple(p // 10 for p in federation.profile.path), head_peak=None)
     federation.profile = cheap
     run_dir = fresh_run_dir(config.output.dir, config.run_name())
     return LocalRun(config, federation, RunRecorder(run_dir, config), Console(quiet=True))

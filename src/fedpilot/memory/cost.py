@@ -27,7 +27,8 @@ At module granularity (each adapted Linear a unit, `blocks[j]` its block) the Li
 share inputs and attention, so their costs do not add up unit by unit. Write S_b for the units of S
 in block b (a bit mask over the block's units, in unit order) and b0 for the lowest block of S:
 
-    Mem(S)  = fixed_mem + (M_peak - M_peak,head) + lowest[b0][S_b0] + sum_{b > b0, S_b non-empty} above[b][S_b]
+    Mem(S)  = fixed_mem + lowest_mem[b0][S_b0] + sum_{b > b0, S_b non-empty} above[b][S_b]
+    lowest_mem[b][T] = lowest[b][T] + M_peak - M_peak,head
 
 lowest[b][T] is what training exactly the set T of block b (and nothing below or above) costs beyond
 fixed_mem: activations from block b to the top, T's state and LoRA-saved tensors; above[b][T] is what
@@ -127,6 +128,13 @@ class CostProfile:
         return tuple(p + self.peak - self.head_only_peak for p in self.path)
 
     @property
+    def lowest_mem(self) -> tuple[tuple[int, ...], ...]:
+        """Module granularity: lowest[b][T] + M_peak - M_peak,head, what training exactly T of a lowest trained
+        block b adds to the head-only cost (its activations, state, and the switch of transient peak)."""
+        shift = self.peak - self.head_only_peak
+        return tuple(tuple(v + shift for v in row) for row in self.lowest)
+
+    @property
     def unit_mem(self) -> tuple[int, ...]:
         """M_state(j) + a_j: what training unit j adds when a lower unit is trained anyway."""
         return tuple(s + a for s, a in zip(self.state, self.lora))
@@ -177,7 +185,7 @@ def mem_of(profile: CostProfile, units: Iterable[int]) -> int:
     if profile.blocks:
         masks = block_masks(profile.blocks, chosen)
         low = min(masks)
-        return (profile.fixed_mem + profile.peak - profile.head_only_peak + profile.lowest[low][masks[low] - 1]
+        return (profile.fixed_mem + profile.lowest_mem[low][masks[low] - 1]
                 + sum(profile.above[b][mask - 1] for b, mask in masks.items() if b != low))
     unit = profile.unit_mem
     return profile.fixed_mem + profile.path_mem[chosen[0]] + sum(unit[j] for j in chosen)

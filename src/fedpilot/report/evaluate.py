@@ -55,7 +55,7 @@ def labelled_data(config: Config, data: str | None, split: str) -> Labelled:
     """What `fedpilot evaluate` scores: a split of a packaged set or the run's data, or every row of a file."""
     if data is None or data in PACKAGED:
         return run_split(config, data, split)
-    frame = read_table(Path(data), config.data.text_column, config.data.label_column)
+    frame, _ = read_table(Path(data), config.data.text_column, config.data.label_column, "all")
     if frame.empty:
         raise DataError(f"{data} has no labelled rows")
     return Labelled(frame["text"].tolist(), frame["label"].tolist(), Path(data).stem)

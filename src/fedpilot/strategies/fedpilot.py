@@ -133,7 +133,7 @@ class FedPilot(Strategy):
         profile = self.context.profile
         memory, uploads = self.option_costs()
         if profile.blocks:
-            return solve_module_assignment(values, profile.blocks, profile.lowest, profile.above, profile.fixed_mem,
+            return solve_module_assignment(values, profile.blocks, profile.lowest_mem, profile.above, profile.fixed_mem,
                                            budget.memory, self.option_savings(), uploads, budget.upload, *grids)
         return solve_rank_assignment(values, profile.path_mem, memory, profile.fixed_mem, budget.memory, uploads,
                                      budget.upload, *grids)
