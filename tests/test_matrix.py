@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 from rich.console import Console
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, BertTokenizerFast
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 from transformers import PreTrainedTokenizerFast
 from datasets import Dataset
 from rich.progress import Progress
@@ -56,11 +56,19 @@ def vocabulary() -> list[str]:
 
 
 def write_tokenizer(arch: Architecture, folder: Path) -> None:
-    """A tokenizer built offline into `folder`: a WordPiece BERT tokenizer ("bert"), or a word-level one with
-    <unk>, <s>, </s> and no pad token ("no-pad")."""
+    """A tokenizer built offline into `folder`: a BERT-style WordPiece one ("bert": lower-casing, [CLS] text
+    [SEP], returns token_type_ids), or a word-level one with <unk>, <s>, </s> and no pad token ("no-pad").
+    Both are `tokenizers` models wrapped in PreTrainedTokenizerFast, which load alike under Transformers 4 and 5."""
     if arch.tokenizer == "bert":
-        (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *vocabulary()]))
-        BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+        vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *vocabulary()])}
+        core = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+        core.normalizer = normalizers.BertNormalizer(lowercase=True)
+        core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        core.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                sep_token="[SEP]", mask_token="[MASK]",
+                                model_input_names=["input_ids", "token_type_ids", "attention_mask"]).save_pretrained(folder)
         return
     vocab = {token: i for i, token in enumerate(["<unk>", "<s>", "</s>", *vocabulary()])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -174,6 +182,9 @@ def test_distilbert_with_a_bert_tokenizer_runs_from_the_cli(folders, task, tmp_p
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [arch.name for arch in TEXT])
 def test_one_federated_round_learns_the_task(name, folders, task, tmp_path):
+    if name == "qwen2" and transformers_major() >= 5:
+        pytest.skip("Transformers 5 loads a qwen2 folder's tokenizer as Qwen2's BPE class whatever it is; the "
+                    "test's word-level tokenizer is not one, so every text becomes padding")
     config = load_config(None, run_overrides(folders[name], task, tmp_path, name) + [
         "train.local_steps=25", "train.lr=1e-2", "strategy.name=fedpilot"])
     run_dir, summary = run_local(config, Console(quiet=True))

@@ -307,7 +307,9 @@ def test_a_fedpilot_run_at_module_granularity_learns(tmp_path):
     assert summary["final_accuracy"] > 0.053 + 0.1  # the majority class of 20 Newsgroups is 5.3%
     assert summary["unit_names"][:2] == ["0.query", "0.value"] and len(summary["unit_names"]) == 12
     clients = [c for r in read_rounds(run_dir) for c in r["clients"]]
-    assert all(c["estimated_bytes"] == c["measured_bytes"] <= c["budget_bytes"] for c in clients)
+    # the count may fall short of the estimate only where dynamic padding cut a batch of short texts
+    assert all(0.98 * c["estimated_bytes"] <= c["saved_tensor_bytes"] <= c["estimated_bytes"] <= c["budget_bytes"]
+               for c in clients)
     halves = [[j for j in c["units"] if j ^ 1 not in c["units"]] for c in clients]
     assert any(halves)  # some client trains one Linear of a block (unit j) without the other (unit j ^ 1)
     assert json.loads((run_dir / "summary.json").read_text())["unit_names"][-1] == "5.value"

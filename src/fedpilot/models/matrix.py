@@ -139,7 +139,9 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("llama", "LlamaForSequenceClassification", _llama, "no-pad",
                  "grouped-query attention (1 key/value head per 2 query heads); pad token = eos"),
     Architecture("qwen2", "Qwen2ForSequenceClassification", _qwen2, "no-pad",
-                 "grouped-query attention, biased q/k/v; pad token = eos"),
+                 "grouped-query attention, biased q/k/v; pad token = eos. Its round is not run under "
+                 "Transformers 5, which loads a qwen2 folder's tokenizer as Qwen2's BPE class whatever it is "
+                 "(the test's is word-level)"),
     Architecture("vit", "ViTForImageClassification", _vit, "image",
                  "`fedpilot run` reads text only: its round runs on image tensors the test builds"),
 )
@@ -197,7 +199,7 @@ def render() -> str:
               "(held-out unit sets: Mem(S) - M_peak equals what one CPU step held, and Mem(S) is not below the "
               "step's peak); **allocator** (`benchmarks/memory_allocator.py`, results in "
               "`results/memory_allocator.json`: Mem(S) against the CPU allocator's own peak).", "",
-              "Tokenizers: **bert** is a WordPiece `BertTokenizerFast` (pad id 0, returns `token_type_ids`); "
+              "Tokenizers: **bert** is a BERT-style WordPiece `PreTrainedTokenizerFast` (lower-casing, [CLS] text [SEP], pad id 0, returns `token_type_ids`); "
               "**no-pad** a word-level `PreTrainedTokenizerFast` with `<unk>`, `<s>`, `</s>` and no pad token. "
               "ViT: fedpilot has no image data path yet (datasets are text), so its round runs on a federation the "
               "test assembles from image tensors (16x16 images whose label says which half is bright), through "
