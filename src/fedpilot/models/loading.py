@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -100,8 +99,6 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float, dropout: float, ta
     check_targets(model, targets)
     config = PeftLoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
     try:
-        with warnings.catch_warnings():  # PEFT 0.21 under Transformers 5 calls a renamed method on every wrap
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return get_peft_model(model, config)
+        return get_peft_model(model, config)
     except ValueError as error:
         raise ModelError(f"lora.targets {targets}: {error}") from None
