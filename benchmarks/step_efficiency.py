@@ -6,7 +6,8 @@ of the frozen base); its time is the median over trials of fedpilot's `train_cli
 The reference is `torch.matmul` of a (512 x 384) @ (384 x 1536) product, MiniLM's FFN shape at batch
 8 x 64 tokens. Trials alternate step, padded step and matmul so machine noise hits all three. The
 padded step stores every batch at `model.max_length` (as before dynamic padding), to show the
-work it saves. Writes results/step_efficiency.json with `ratio` = step FLOP/s / matmul FLOP/s.
+work it saves. Writes results/step_efficiency.json (another --data: step_efficiency-<data>.json) with
+`ratio` = step FLOP/s / matmul FLOP/s.
 
     python benchmarks/step_efficiency.py [--steps 10] [--trials 5] [--batch 16] [--data 20newsgroups]
 """
@@ -104,7 +105,7 @@ def main() -> None:
     Console().print(table)
     print(f"ratio step/matmul = {ratio:.3f} (goal >= 0.6); dynamic padding: "
           f"{median['padded'] / median['dynamic']:.2f}x the steps per second of padding to max_length")
-    write_result("step_efficiency", {
+    write_result("step_efficiency" if args.data == "20newsgroups" else f"step_efficiency-{args.data}", {
         "ratio": ratio, "flops_per_step": {k: v / args.steps for k, v in flops.items()},
         "seconds_per_step": {k: v / args.steps for k, v in median.items()},
         "step_flops_per_s": rate, "matmul_flops_per_s": matmul, "matmul_shape": MATMUL,
