@@ -102,3 +102,13 @@ def finished_run(tmp_path_factory):
         patch.setenv("FEDPILOT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         run_dir, _ = run_local(config, Console(quiet=True))
     return config, run_dir
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: tiny models gain nothing from threads, and on a busy machine
+    waiting threads make steps 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

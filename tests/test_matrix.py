@@ -34,20 +34,13 @@ from fedpilot.models.targets import default_targets
 from fedpilot.models.units import discover_units
 from fedpilot.report.records import RunRecorder, read_rounds
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: conftest.one_thread
+
 TEXT = [arch for arch in ARCHITECTURES if arch.is_text]
 NAMES = [arch.name for arch in ARCHITECTURES]
 WORDS = {"calm": ["sun", "sea", "sky", "tree", "leaf", "rain"], "loud": ["drum", "horn", "bell", "siren", "gong", "bang"]}
 """The synthetic task: a text's words come from its label's list, so the label is in every word."""
 SEQ = 12
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine waiting threads make steps 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def vocabulary() -> list[str]:

@@ -24,6 +24,8 @@ from fedpilot.memory.profiler import AllocationMeter, ProfileError, SavedBytesMe
 from fedpilot.memory.profiler import measure_blocks, measure_profile, profile
 from fedpilot.models.units import adapter_state, discover_units, set_trainable
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: conftest.one_thread
+
 CONFIGS = {
     "bert": lambda: BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                                intermediate_size=64, max_position_embeddings=64),
@@ -34,15 +36,6 @@ CONFIGS = {
                                  pad_token_id=0),
 }
 SEQ = 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine waiting threads make steps 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

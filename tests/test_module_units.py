@@ -29,20 +29,13 @@ from fedpilot.report.budget_table import reach_text
 from fedpilot.report.unit_use import unit_use_markdown, unit_use_rows
 from fedpilot.strategies import REGISTRY, StrategyContext, make_strategy
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread: conftest.one_thread
+
 SEQ = 16
 BERT = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
                   max_position_embeddings=64)
 LLAMA = LlamaConfig(vocab_size=100, hidden_size=48, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                     intermediate_size=96, max_position_embeddings=64, pad_token_id=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
