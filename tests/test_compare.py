@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from fedpilot.cli import app
 from fedpilot.config import ConfigError
 from fedpilot.report import compare
+from fedpilot.report.lr_choice import choose_lrs
 from fedpilot.report.plots import memory_ratio
 from fedpilot.report.records import RunRecorder, fresh_run_dir, summarize
 from fedpilot.report.study import expand_study, load_study, select_runs
@@ -159,6 +160,43 @@ def test_validation_accuracy_gets_its_own_pivot_and_paired_section(tmp_path):
     assert "| 20newsgroups | iid | fedavg-full | 3 | +10.0 | +7.5 .. +12.5 | ahead |" in paired
     assert "| all |" not in paired  # one partition: nothing to pool
     assert (tmp_path / "results/t/paired-val.csv").read_text().splitlines()[1].endswith(",ahead")
+
+
+def test_an_lr_grid_runs_each_method_per_rate_and_chooses_on_validation_only(tmp_path):
+    path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"], "seeds": [0, 1], "lrs": [0.001, 0.01]})
+    study = load_study(path)
+    runs, _ = expand_study(study)
+    assert [r.name for r in runs[:4]] == ["fedavg-full-lr0.001-20newsgroups-iid-s0", "fedavg-full-lr0.01-20newsgroups-iid-s0",
+                                          "fedpilot-lr0.001-20newsgroups-iid-s0", "fedpilot-lr0.01-20newsgroups-iid-s0"]
+    assert [r.config.train.lr for r in runs[:4]] == [0.001, 0.01, 0.001, 0.01]
+    assert study.reference_label() is None  # no plain fedavg-full run to measure rounds against
+    # validation favours 0.01 for fedavg-full (0.6 vs 0.5) and 0.001 for fedpilot (0.55 vs 0.45);
+    # the test accuracy says the opposite and must not matter
+    val = {("fedavg-full-lr0.001", 0): 0.5, ("fedavg-full-lr0.001", 1): 0.5, ("fedavg-full-lr0.01", 0): 0.7,
+           ("fedavg-full-lr0.01", 1): 0.5, ("fedpilot-lr0.001", 0): 0.6, ("fedpilot-lr0.001", 1): 0.5,
+           ("fedpilot-lr0.01", 0): 0.4, ("fedpilot-lr0.01", 1): 0.5}
+    for run in runs:
+        test = 1.0 - val[(run.method, run.seed)]
+        write_run(run.run_dir, run.config, [test], [client(0, 6, 90, 100, 40)], val=val[(run.method, run.seed)])
+    compare.write_results(study, runs, QUIET)
+    choice = json.loads((tmp_path / "results/t/lr.json").read_text())["methods"]
+    assert (choice["fedavg-full"]["chosen"], choice["fedpilot"]["chosen"]) == (0.01, 0.001)
+    assert choice["fedpilot"]["val_accuracy"] == {"0.001": pytest.approx(0.55), "0.01": pytest.approx(0.45)}
+    assert "| fedpilot | 55.0 | 45.0 | 0.001 | `set: [train.lr=0.001]` |" in (tmp_path / "results/t/lr.md").read_text()
+
+
+def test_an_lr_grid_with_one_rate_missing_says_so_and_ties_go_to_the_earlier_rate(tmp_path):
+    study = load_study(write_study(tmp_path, {"methods": ["fedpilot"], "lrs": [0.003, 0.001, 0.01]}))
+    rows = [{"method": "fedpilot-lr0.003", "lr": 0.003, "final_val_mean": 0.5},
+            {"method": "fedpilot-lr0.001", "lr": 0.001, "final_val_mean": 0.5}]
+    entry = choose_lrs(rows, study)["fedpilot"]
+    assert (entry["chosen"], entry["complete"]) == (0.003, False)
+
+
+@pytest.mark.parametrize("lrs", [[0.01, 0.01], [0.0, 0.01], [-1e-3]])
+def test_bad_lr_grids_are_refused(tmp_path, lrs):
+    with pytest.raises(ConfigError, match="lrs"):
+        load_study(write_study(tmp_path, {"methods": ["fedpilot"], "lrs": lrs}))
 
 
 def test_no_reference_leaves_rounds_to_95pct_empty(tmp_path):

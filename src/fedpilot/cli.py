@@ -1,4 +1,4 @@
-"""`fedpilot` command line: run, export, predict, evaluate, compare, plot, profile, plan, data-stats, config,
+"""`fedpilot` command line: run, export, predict, evaluate, compare, collect, plot, profile, plan, data-stats, config,
 strategies.
 
 Each command parses its options and calls one function; bad input exits with code 2, no traceback.
@@ -257,6 +257,22 @@ def compare(
         fail(str(error))
     except RunStopped as error:
         stop_run(error)
+
+
+@app.command()
+def collect(
+    study: Annotated[list[Path], typer.Option("--study", help="study YAML whose results to include (repeatable)")],
+    out: Annotated[Path, typer.Option("--out", help="folder for table.csv, table.md, paired.csv, verdicts.md")] = Path(
+        "results/converged"),
+) -> None:
+    """Concatenate several studies' tables and paired verdicts (each written by `fedpilot compare`) into one."""
+    from fedpilot.report.collect import collect as collect_studies
+
+    try:
+        paths = collect_studies(study, out)
+    except user_errors() as error:
+        fail(str(error))
+    console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
 
 
 @app.command()

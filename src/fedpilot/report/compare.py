@@ -6,7 +6,8 @@ so the study's runs always land in their planned directories.
 Results go to `<results_dir>/<study>/`: `table.md`, `table.csv`, `pivot.md` (final accuracy, methods x
 settings), `units.md` (which units each method trained, per budget group), `paired.md` when the study
 names `paired_with` (each method minus that one, seed by seed), PNGs per setting, and for a pilot
-study (`pilot: true`) pilot.json / pilot.png (`report/pilot.py`).
+study (`pilot: true`) pilot.json / pilot.png (`report/pilot.py`), for a learning-rate grid (`grid.lrs`)
+lr.json / lr.md (`report/lr_choice.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from rich.table import Table
 
 from fedpilot.config import dump_config
 from fedpilot.engines.local import resume_local, run_local
+from fedpilot.report.lr_choice import write_lr_choice
 from fedpilot.report.paired import paired_csv, paired_markdown, paired_rows, pooled_rows
 from fedpilot.report.pilot import write_pilot
 from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
@@ -328,6 +330,8 @@ def write_results(study: Study, runs: list[PlannedRun], console: Console) -> lis
              + plot_results(results, out_dir))
     if study.pilot:
         paths += write_pilot(runs, out_dir)
+    if study.grid.lrs:
+        paths += write_lr_choice(rows, study, out_dir)
     console.print(rich_table(rows, f"study {study.name}: {len(results)}/{len(runs)} runs finished"))
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return paths

@@ -75,16 +75,38 @@ class PartitionSpec(_Strict):
         return [f"partition.kind={self.kind}"] + [f"partition.{k}={v}" for k, v in extra.items() if v is not None]
 
 
+def lr_label(tag: str, lr: float) -> str:
+    """A method's label in a learning-rate grid: `fedpilot-lr0.003`."""
+    return f"{tag}-lr{lr:g}"
+
+
 class Grid(_Strict):
     methods: list[MethodSpec] = Field(min_length=1, description="strategy names, or {name, label, set} ablations")
     datasets: list[str] = Field(["20newsgroups"], min_length=1, description="packaged names or .csv/.parquet paths")
     partitions: list[PartitionSpec] = Field([PartitionSpec(kind="iid")], min_length=1, description="partitions")
     seeds: list[int] = Field([0], min_length=1, description="seeds; every method sees the same clients per seed")
+    lrs: list[float] = Field([], description="learning-rate grid (docs/protocol.md): each method runs once per value, "
+                                             "labelled <label>-lr<value>; results/<study>/lr.md names the best on "
+                                             "validation")
+
+    @field_validator("lrs")
+    @classmethod
+    def _positive_lrs(cls, value: list[float]) -> list[float]:
+        if any(lr <= 0 for lr in value) or len(set(value)) != len(value):
+            raise ValueError(f"lrs must be distinct positive values, got {value}")
+        return value
 
     @field_validator("methods", mode="before")
     @classmethod
     def _names_to_specs(cls, value: Any) -> Any:
         return [{"name": item} if isinstance(item, str) else item for item in value] if isinstance(value, list) else value
+
+    def expanded_methods(self) -> list[MethodSpec]:
+        """The methods as run: each once, or once per learning rate of `lrs` (label `<label>-lr<value>`)."""
+        if not self.lrs:
+            return self.methods
+        return [MethodSpec(name=m.name, label=lr_label(m.tag, lr), set=[*m.set, f"train.lr={lr:g}"])
+                for m in self.methods for lr in self.lrs]
 
     @field_validator("methods")
     @classmethod
@@ -114,7 +136,7 @@ class Study(_Strict):
 
     @model_validator(mode="after")
     def _paired_with_is_a_method(self) -> Study:
-        tags = [method.tag for method in self.grid.methods]
+        tags = [method.tag for method in self.grid.expanded_methods()]
         if self.paired_with is not None and self.paired_with not in tags:
             raise ValueError(f"paired_with: {self.paired_with!r} is not a method label of the grid {tags}")
         return self
@@ -131,7 +153,7 @@ class Study(_Strict):
 
     def reference_label(self) -> str | None:
         """Label of the plain fedavg-full method (no overrides), the reference for rounds-to-95%."""
-        return next((m.tag for m in self.grid.methods if m.name == REFERENCE and not m.set), None)
+        return next((m.tag for m in self.grid.methods if m.name == REFERENCE and not m.set and not self.grid.lrs), None)
 
 
 @dataclass(frozen=True)
@@ -235,7 +257,7 @@ def expand_study(study: Study) -> tuple[list[PlannedRun], list[tuple[str, str]]]
     for dataset in study.grid.datasets:
         for part in study.grid.partitions:
             for seed in study.grid.seeds:
-                for method in study.grid.methods:
+                for method in study.grid.expanded_methods():
                     run = build_run(study, base, method, dataset, part, seed)
                     reason = skip_reason(run.config)
                     if reason:
@@ -251,7 +273,7 @@ def expand_study(study: Study) -> tuple[list[PlannedRun], list[tuple[str, str]]]
 
 def select_runs(runs: list[PlannedRun], study: Study, only: list[str]) -> list[PlannedRun]:
     """The runs of the methods labelled in `only` (all when empty); an unknown label is an error."""
-    tags = [method.tag for method in study.grid.methods]
+    tags = [method.tag for method in study.grid.expanded_methods()]
     unknown = sorted(set(only) - set(tags))
     if unknown:
         raise ConfigError(f"--only: unknown method labels {unknown}; valid: {tags}")
