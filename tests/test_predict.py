@@ -87,11 +87,14 @@ def test_evaluate_the_runs_validation_split_writes_json_and_confusion_png(finish
 def test_evaluate_a_labelled_file_and_its_errors(finished_run, tmp_path):
     _, run_dir = finished_run
     names = json.loads((run_dir / "summary.json").read_text())["label_names"]
-    pd.DataFrame({"text": ["orbit and shuttle", "a new car"], "label": [names[14], names[7]]}).to_csv(
+    pd.DataFrame({"text": ["orbit and shuttle", "a new car", ""], "label": [names[14], names[7], names[7]]}).to_csv(
         tmp_path / "mine.csv", index=False)
-    result, _ = invoke("evaluate", str(run_dir), "--data", str(tmp_path / "mine.csv"), "--out", str(tmp_path))
+    result, output = invoke("evaluate", str(run_dir), "--data", str(tmp_path / "mine.csv"), "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "mine.json").read_text())["examples"] == 2
+    written = json.loads((tmp_path / "mine.json").read_text())
+    assert written["examples"] == 2
+    assert "mine.csv (all): dropped 1 of 3 rows: 1 with an empty text" in output.replace("\n", " ")
+    assert [(d["rows"], d["empty_text"], d["dropped"]) for d in written["dropped_rows"]] == [(3, 1, 1)]
     pd.DataFrame({"text": ["x"], "label": ["cooking"]}).to_csv(tmp_path / "other.csv", index=False)
     pd.DataFrame({"body": ["x"], "label": ["cooking"]}).to_csv(tmp_path / "nocol.csv", index=False)
     for args, message in {("--data", str(tmp_path / "other.csv")): "labels the model was not trained on",

@@ -232,10 +232,12 @@ def evaluate(
         truth = label_ids(examples.labels, names)
     except run_errors() as error:
         fail(str(error))
+    for dropped in examples.dropped:
+        console.print(f"[yellow]{dropped.describe()}[/]", highlight=False)
     predicted = probabilities_with_progress(run_model, examples.texts, batch_size, console).argmax(-1).numpy()
     metrics = classification_metrics(truth, predicted, names)
     console.print(metrics_table(metrics, f"{run_dir}: {examples.name}"))
-    written = write_results(metrics, names, out or run_dir / "eval", examples.name)
+    written = write_results(metrics, names, out or run_dir / "eval", examples.name, examples.dropped)
     console.print("wrote " + ", ".join(str(p) for p in written), highlight=False)
 
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from fedpilot.config import Config
-from fedpilot.data.sources import PACKAGED, DataError, read_table
+from fedpilot.data.sources import PACKAGED, DataError, DroppedRows, dropped_only, read_table
 from fedpilot.federation import load_partitions
 
 SPLITS = ("test", "val")
@@ -27,11 +27,13 @@ SPLITS = ("test", "val")
 
 @dataclass
 class Labelled:
-    """Texts and their label names, and a short name of where they came from (for file names)."""
+    """Texts and their label names, a short name of where they came from (for file names) and the rows
+    the reader dropped (empty text or label; only files that dropped any)."""
 
     texts: list[str]
     labels: list[str]
     name: str
+    dropped: tuple[DroppedRows, ...] = ()
 
 
 def run_split(config: Config, data: str | None, split: str) -> Labelled:
@@ -48,17 +50,16 @@ def run_split(config: Config, data: str | None, split: str) -> Labelled:
     if chosen is None:
         raise DataError("the run holds no validation split (data.val_fraction=0); use --split test")
     names = text.label_names
-    return Labelled(list(chosen["text"]), [names[i] for i in chosen["label"]], f"{Path(config.data.name).stem}-{split}")
+    return Labelled(list(chosen["text"]), [names[i] for i in chosen["label"]], f"{Path(config.data.name).stem}-{split}",
+                    text.dropped)
 
 
 def labelled_data(config: Config, data: str | None, split: str) -> Labelled:
     """What `fedpilot evaluate` scores: a split of a packaged set or the run's data, or every row of a file."""
     if data is None or data in PACKAGED:
         return run_split(config, data, split)
-    frame, _ = read_table(Path(data), config.data.text_column, config.data.label_column, "all")
-    if frame.empty:
-        raise DataError(f"{data} has no labelled rows")
-    return Labelled(frame["text"].tolist(), frame["label"].tolist(), Path(data).stem)
+    frame, dropped = read_table(Path(data), config.data.text_column, config.data.label_column, "all")
+    return Labelled(frame["text"].tolist(), frame["label"].tolist(), Path(data).stem, dropped_only(dropped))
 
 
 def label_ids(labels: list[str], names: list[str]) -> np.ndarray:
@@ -117,9 +118,12 @@ def plot_confusion(confusion: list[list[int]], names: list[str], title: str, pat
     return path
 
 
-def write_results(metrics: dict[str, Any], names: list[str], out: Path, stem: str) -> tuple[Path, Path]:
-    """`out/<stem>.json` (the metrics) and `out/<stem>-confusion.png`; returns both paths."""
+def write_results(metrics: dict[str, Any], names: list[str], out: Path, stem: str,
+                  dropped: tuple[DroppedRows, ...] = ()) -> tuple[Path, Path]:
+    """`out/<stem>.json` (the metrics and the `dropped_rows` of the data's files) and `out/<stem>-confusion.png`;
+    returns both paths."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{stem}.json"
-    json_path.write_text(json.dumps({"labels": names, **metrics}, indent=2))
+    json_path.write_text(json.dumps({"labels": names, **metrics, "dropped_rows": [d.record() for d in dropped]},
+                                    indent=2))
     return json_path, plot_confusion(metrics["confusion"], names, f"confusion: {stem}", out / f"{stem}-confusion.png")
