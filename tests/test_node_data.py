@@ -23,7 +23,7 @@ from fedpilot.data.sources import DataError, TextData, agree_labels, to_datasets
 from fedpilot.engines.flower import FlowerEngineError, instruction, take_reports
 from fedpilot.engines.flower_client import client_app
 from fedpilot.engines.node_report import (NodeReport, check_report, declared_budgets, declared_memory, decode_report,
-                                          encode_report, node_report)
+                                          describe_dropped, encode_report, node_report)
 from fedpilot.memory.cost import BudgetError, CostProfile, MiB
 from fedpilot.memory.gpus import GPU_RESERVE_FIXED
 
@@ -54,7 +54,8 @@ def test_node_config_names_own_data_or_none():
 def test_node_data_uses_the_agreed_label_order_and_names_an_unknown_label(tmp_path):
     path = write_csv(tmp_path / "a.csv", [("goal", "weather"), ("stocks", "sport"), ("rain", "weather")],
                      "body", "topic")
-    data = load_node_data(NodeData(str(path), "body", "topic"), LABELS)
+    data, dropped = load_node_data(NodeData(str(path), "body", "topic"), LABELS)
+    assert dropped.dropped == 0
     assert data["label"] == [2, 0, 2] and data.features["label"].names == LABELS
     assert label_counts(data["label"], 3) == [1, 0, 2]
     bad = write_csv(tmp_path / "b.csv", [("goal", "sport"), ("odd", "politics")])
@@ -95,7 +96,7 @@ def test_labels_config_takes_a_comma_list_and_refuses_repeats():
 
 
 def test_report_round_trips_and_is_checked():
-    report = NodeReport(2, 5, [3, 0, 2], "own", "64MiB", None)
+    report = NodeReport(2, 5, [3, 0, 2], "own", "64MiB", None, dropped_rows=4)
     assert decode_report(encode_report(report)) == report
     assert node_report({"upload": "1MiB", "data-path": "x.csv"}, 1, [1, 1], True) == \
         NodeReport(1, 2, [1, 1], "own", None, "1MiB")
@@ -158,12 +159,15 @@ def test_client_app_reports_its_own_data_and_refuses_an_unknown_label(tmp_path, 
                                 f"data.labels={','.join(LABELS)}", f"output.dir={tmp_path}"])
     text = dump_config(config)
     server.unlink()  # the node never reads the server's files
-    mine = write_csv(tmp_path / "mine.csv", [("goal", "sport"), ("rain", "weather"), ("sun", "weather")])
+    mine = write_csv(tmp_path / "mine.csv", [("goal", "sport"), ("rain", "weather"), ("", "sport"), ("sun", "weather")])
     node = Context(run_id=1, node_id=101, state=RecordDict(), run_config={},
                    node_config={"partition-id": 1, "data-path": str(mine), "memory": "200MiB"})
     reply = client_app(instruction(101, f"{MessageType.QUERY}.partition", text), node)
     assert reply.content["partition"]["partition-id"] == 1
-    assert decode_report(reply.content["report"]) == NodeReport(1, 3, [1, 0, 2], "own", "200MiB", None)
+    report = decode_report(reply.content["report"])
+    assert report == NodeReport(1, 3, [1, 0, 2], "own", "200MiB", None, dropped_rows=1)
+    assert describe_dropped({1: report, 0: NodeReport(0, 2, [1, 1], "own")}) == [
+        "partition 1: its node left out 1 rows of its file (empty text or label)"]
     bad = write_csv(tmp_path / "bad.csv", [("goal", "sport"), ("vote", "politics")])
     node.node_config["data-path"] = str(bad)
     with pytest.raises(DataError, match="holds label 'politics'"):

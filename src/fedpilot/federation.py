@@ -128,8 +128,10 @@ def build_federation(config: Config) -> Federation:
                       cost, budgets, full_test, majority_rate(text.test), text.dropped)
 
 
-def node_federation(config: Config, data: Dataset, client_id: int) -> Federation:
-    """A SuperNode's federation over its own (untokenized) data, with labels `config.data.labels`.
+def node_federation(config: Config, data: Dataset, client_id: int,
+                    dropped: tuple[DroppedRows, ...] = ()) -> Federation:
+    """A SuperNode's federation over its own (untokenized) data, with labels `config.data.labels`, and
+    the rows its file dropped (`dropped_rows`).
 
     It holds no test or validation data and no other client's data: `client_data` has the node's
     data at `client_id` and an empty dataset at every other id.
@@ -142,7 +144,7 @@ def node_federation(config: Config, data: Dataset, client_id: int) -> Federation
     empty = own.select([])
     client_data = [own if client == client_id else empty for client in range(config.clients.num_clients)]
     return Federation(model, units_at(model, config.lora.granularity), client_data, empty, None, labels,
-                      train_settings(config), cost, budgets)
+                      train_settings(config), cost, budgets, dropped_rows=dropped)
 
 
 def lora_model(config: Config, num_labels: int, pad_token_id: int | None) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from fedpilot.data.sources import DataError, read_table, to_dataset
+from fedpilot.data.sources import DataError, DroppedRows, dropped_only, read_table, to_dataset
 
 DATA_KEYS = ("data-path", "text-column", "label-column")
 """Node config keys naming a node's own data file and its columns."""
@@ -61,9 +61,10 @@ def node_config_tree(tree: dict[str, Any], data: NodeData) -> dict[str, Any]:
     return {**tree, "data": section}
 
 
-def load_node_data(data: NodeData, labels: list[str]) -> Dataset:
-    """The node's examples as a Dataset (`text`, `label` as indexes into `labels`); rows with an empty
-    text or label are left out and said on stderr (the SuperNode's log).
+def load_node_data(data: NodeData, labels: list[str]) -> tuple[Dataset, DroppedRows]:
+    """The node's examples as a Dataset (`text`, `label` as indexes into `labels`), and the rows left out
+    for an empty text or label (also said on stderr, the SuperNode's log; the node's report carries
+    their count to the server).
 
     Raises DataError for a missing file or column, an empty file, or a label outside `labels` (named).
     """
@@ -72,7 +73,7 @@ def load_node_data(data: NodeData, labels: list[str]) -> Dataset:
         print(f"data: {dropped.describe()}", file=sys.stderr)
     if frame.empty:
         raise DataError(f"node data {data.path} has no labelled examples")
-    return to_dataset(frame, labels, f"node data {data.path}")
+    return to_dataset(frame, labels, f"node data {data.path}"), dropped
 
 
 def label_counts(labels: np.ndarray | list[int], num_labels: int) -> list[int]:

@@ -35,7 +35,7 @@ from fedpilot.config import Config, dump_config, load_config
 from fedpilot.engines.flower_client import (CONFIG_KEY, client_app, decode_outcome, decode_scores, plan_config,
                                             to_arrays)
 from fedpilot.engines.client_round import Outcome
-from fedpilot.engines.node_report import (NodeReport, check_report, declared_budgets, decode_report,
+from fedpilot.engines.node_report import (NodeReport, check_report, declared_budgets, decode_report, describe_dropped,
                                           describe_declared, write_reports)
 from fedpilot.engines.server import Round, RoundServer, show_setup
 from fedpilot.federation import Federation, build_federation
@@ -100,6 +100,8 @@ def take_reports(config: Config, federation: Federation, reports: dict[int, Node
     federation.budgets = declared_budgets(config, federation.budgets, reports, federation.profile)
     for line in describe_declared(reports, federation.budgets):
         console.print(line, highlight=False)
+    for line in describe_dropped(reports):
+        console.print(f"[yellow]data:[/] {line}", highlight=False)
     return {client: report.examples for client, report in sorted(reports.items())}
 
 

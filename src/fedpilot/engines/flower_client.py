@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 
 from fedpilot.client import ClientUpdate, Plan, evaluate
 from fedpilot.config import Config, build_config
+from fedpilot.data.sources import dropped_only
 from fedpilot.data.node_data import NodeData, label_counts, load_node_data, node_config_tree, node_data_of
 from fedpilot.engines.client_round import Outcome, attempt_client, score_units
 from fedpilot.engines.node_report import encode_report, node_report
@@ -110,8 +111,8 @@ def federation_for(text: str, own: NodeData | None = None, client_id: int = 0) -
             _federations[key] = (config, build_federation(config))
         else:
             config = build_config(node_config_tree(tree, own))
-            data = load_node_data(own, list(config.data.labels or []))
-            _federations[key] = (config, node_federation(config, data, client_id))
+            data, dropped = load_node_data(own, list(config.data.labels or []))
+            _federations[key] = (config, node_federation(config, data, client_id, dropped_only(dropped)))
     return _federations[key]
 
 
@@ -173,7 +174,9 @@ def query_partition(msg: Message, context: Context) -> Message:
     (`node_report`); the federation is built here, ahead of round 1, so bad node data fails before training."""
     _, federation, client_id = received(msg, context)
     counts = label_counts(federation.client_data[client_id]["label"], len(federation.label_names))
-    report = node_report(context.node_config, client_id, counts, node_data_of(context.node_config) is not None)
+    own = node_data_of(context.node_config) is not None
+    dropped = sum(d.dropped for d in federation.dropped_rows) if own else 0
+    report = node_report(context.node_config, client_id, counts, own, dropped)
     return reply(msg, partition=ConfigRecord({"partition-id": client_id}), report=encode_report(report))
 
 

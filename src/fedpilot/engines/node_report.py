@@ -32,7 +32,8 @@ class NodeReport:
 
     `data`: "own" (its node config's data-path) or "partition" (its share of the shared dataset);
     `label_counts`: examples per label index; `memory` / `upload`: its declared budgets as budget
-    text (`memory=auto` already resolved to bytes), None where it declared none.
+    text (`memory=auto` already resolved to bytes), None where it declared none; `dropped_rows`: rows
+    of its own file left out for an empty text or label.
     """
 
     partition: int
@@ -41,6 +42,7 @@ class NodeReport:
     data: str
     memory: str | None = None
     upload: str | None = None
+    dropped_rows: int = 0
 
 
 def declared_memory(text: str) -> str:
@@ -59,12 +61,15 @@ def declared_memory(text: str) -> str:
     return str(usable_bytes(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory))
 
 
-def node_report(node_config: Mapping[str, Any], partition: int, label_counts: list[int], own: bool) -> NodeReport:
-    """This node's report: data size and histogram, and the budgets its node config declares."""
+def node_report(node_config: Mapping[str, Any], partition: int, label_counts: list[int], own: bool,
+                dropped_rows: int = 0) -> NodeReport:
+    """This node's report: data size and histogram, rows its own file dropped, and the budgets its node
+    config declares."""
     budgets = {key: str(node_config[key]) for key in BUDGET_KEYS if key in node_config}
     if "memory" in budgets:
         budgets["memory"] = declared_memory(budgets["memory"])
-    return NodeReport(partition, sum(label_counts), label_counts, "own" if own else "partition", **budgets)
+    return NodeReport(partition, sum(label_counts), label_counts, "own" if own else "partition", **budgets,
+                      dropped_rows=dropped_rows)
 
 
 def encode_report(report: NodeReport) -> ConfigRecord:
@@ -76,7 +81,8 @@ def encode_report(report: NodeReport) -> ConfigRecord:
 def decode_report(record: ConfigRecord) -> NodeReport:
     """The report `encode_report` packed."""
     return NodeReport(int(record["partition"]), int(record["examples"]), [int(n) for n in record["label-counts"]],
-                      str(record["data"]), *(str(record[k]) if k in record else None for k in BUDGET_KEYS))
+                      str(record["data"]), *(str(record[k]) if k in record else None for k in BUDGET_KEYS),
+                      dropped_rows=int(record.get("dropped-rows", 0)))
 
 
 def check_report(report: NodeReport, num_labels: int) -> None:
@@ -118,6 +124,12 @@ def describe_declared(reports: Mapping[int, NodeReport], budgets: list[ClientBud
             lines.append(f"partition {client}: node declared memory={report.memory} upload={report.upload} -> "
                          f"plans with {human(budget.memory)} memory, {upload} upload{excluded}")
     return lines
+
+
+def describe_dropped(reports: Mapping[int, NodeReport]) -> list[str]:
+    """One line per node whose own file had rows left out (empty text or label)."""
+    return [f"partition {client}: its node left out {report.dropped_rows} rows of its file (empty text or label)"
+            for client, report in sorted(reports.items()) if report.dropped_rows]
 
 
 def write_reports(run_dir: Path, reports: Mapping[int, NodeReport], budgets: list[ClientBudget],
