@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,31 @@ def test_compare_resumes_finished_runs_and_reruns_interrupted_ones_in_place(tmp_
     assert "differs from the study's" in compare.finished_note(runs[0])
     rows = list(csv.DictReader((tmp_path / "results/t/table.csv").open()))
     assert [(r["method"], r["final_acc_mean"]) for r in rows] == [("fedavg-full", "0.5"), ("fedpilot", "0.6")]
+
+
+def test_kept_records_carry_a_study_to_another_machine(tmp_path, monkeypatch):
+    path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]}, records=True)
+    runs, _ = expand_study(load_study(path))
+    calls = []
+
+    def fake_run_local(config, console):
+        run_dir = Path(config.output.dir) / config.output.name
+        calls.append(run_dir.name)
+        write_run(run_dir, config, [0.6], [client(0, 3, 50, 100, 20)])
+        (run_dir / "checkpoint").mkdir()  # weights stay out of the record
+        return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+    monkeypatch.setattr(compare, "run_local", fake_run_local)
+    compare.run_compare(path, ["fedavg-full"], QUIET)
+    kept = tmp_path / "results/t/runs" / runs[0].name
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
+    shutil.rmtree(tmp_path / "runs")  # a fresh machine: only the committed results
+    runs[1].run_dir.mkdir(parents=True)  # and an interrupted directory of the other method, no round done
+    compare.run_compare(path, [], QUIET)
+    assert calls == [runs[0].name, runs[1].name]  # the kept run is not run again
+    assert (runs[0].run_dir / "summary.json").is_file() and (tmp_path / "results/t/runs" / runs[1].name).is_dir()
+    rows = list(csv.DictReader((tmp_path / "results/t/table.csv").open()))
+    assert [r["method"] for r in rows] == ["fedavg-full", "fedpilot"]
 
 
 def test_jobs_below_one_are_refused(tmp_path):

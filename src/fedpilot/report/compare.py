@@ -36,6 +36,7 @@ from fedpilot.report.paired import paired_csv, paired_markdown, paired_rows, poo
 from fedpilot.report.pilot import write_pilot
 from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
 from fedpilot.report.records import read_rounds
+from fedpilot.report.run_records import restore_record, save_record
 from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, select_runs
 from fedpilot.report.tables import markdown_table
 from fedpilot.report.unit_use import unit_use_markdown, unit_use_rows
@@ -103,9 +104,10 @@ def execute_in_worker(run: PlannedRun, threads: int) -> dict[str, Any]:
     return execute(run, Console(quiet=True))
 
 
-def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1) -> int:
+def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1, records: Path | None = None) -> int:
     """Run every planned run not finished yet, `jobs` at a time in separate processes (each with an equal
-    share of the CPU cores as torch threads) or in order in this one; returns how many ran now.
+    share of the CPU cores as torch threads) or in order in this one; returns how many ran now. With a
+    `records` folder, a run kept there counts as finished and each run's record is kept as it finishes.
 
     Raises ValueError for jobs < 1; a run's error (e.g. over budget) is raised here.
     """
@@ -113,6 +115,8 @@ def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1) -> int:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     pending = []
     for run in runs:
+        if records is not None and restore_record(run.run_dir, records):
+            console.print(f"{run.name}: restored from its record in {records}", highlight=False)
         if is_finished(run.run_dir):
             console.print(f"{run.name}: {finished_note(run)}", highlight=False)
         else:
@@ -121,14 +125,22 @@ def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1) -> int:
         for index, run in enumerate(pending, 1):
             console.rule(f"run {index}/{len(pending)}: {run.name}")
             console.print(final_note(execute(run, console)))
+            keep_record(run, records)
     else:
-        run_parallel(pending, console, jobs)
+        run_parallel(pending, console, jobs, records)
     console.print(f"all {len(runs)} runs done: {len(pending)} ran now, {len(runs) - len(pending)} had finished earlier")
     return len(pending)
 
 
-def run_parallel(pending: list[PlannedRun], console: Console, jobs: int) -> None:
-    """Run `pending` in `jobs` worker processes, reporting each as it finishes under a progress bar."""
+def keep_record(run: PlannedRun, records: Path | None) -> None:
+    """Keep a finished run's record in `records` (nothing without a folder)."""
+    if records is not None:
+        save_record(run.run_dir, records)
+
+
+def run_parallel(pending: list[PlannedRun], console: Console, jobs: int, records: Path | None = None) -> None:
+    """Run `pending` in `jobs` worker processes, reporting each as it finishes under a progress bar (and
+    keeping its record in `records`)."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     console.print(f"{len(pending)} runs, {jobs} at a time, {threads} torch thread(s) each")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -138,6 +150,7 @@ def run_parallel(pending: list[PlannedRun], console: Console, jobs: int) -> None
         futures = {pool.submit(execute_in_worker, run, threads): run for run in pending}
         for future in as_completed(futures):
             progress.console.print(f"{futures[future].name}: {final_note(future.result())}", highlight=False)
+            keep_record(futures[future], records)
             progress.advance(task)
 
 
@@ -347,5 +360,11 @@ def run_compare(study_path: str | Path, only: list[str], console: Console, run: 
         console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
     selected = select_runs(runs, study, only)
     if run:
-        run_study(selected, console, jobs)
+        run_study(selected, console, jobs, study.records_root)
+    elif study.records_root is not None:
+        for planned in runs:
+            restore_record(planned.run_dir, study.records_root)
+    if study.records_root is not None:
+        for planned in runs:
+            save_record(planned.run_dir, study.records_root)
     return write_results(study, runs, console)

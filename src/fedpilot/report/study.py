@@ -129,6 +129,9 @@ class Study(_Strict):
     paired_with: str | None = Field(None, description="method label every other method is compared with, seed by seed")
     regime: str | None = Field(None, pattern=NAME_PATTERN, description="the budget regime the study's client groups "
                                                                       "set, e.g. memory-only (a column of its tables)")
+    records: bool = Field(False, description="keep each finished run's record (config.yaml, summary.json, "
+                                             "metrics.jsonl) in results/<study>/runs/ to commit; a kept record "
+                                             "counts as a finished run on any machine")
     pilot: bool = Field(False, description="a pilot study (docs/protocol.md): also write pilot.json / pilot.png, "
                                            "the fewest rounds whose last 25% add < 1 point of validation accuracy")
 
@@ -150,6 +153,11 @@ class Study(_Strict):
     def result_root(self) -> Path:
         """Folder holding this study's tables and plots."""
         return Path(self.results_dir) / self.name
+
+    @property
+    def records_root(self) -> Path | None:
+        """Folder of the kept run records (`records: true`), else None."""
+        return self.result_root / "runs" if self.records else None
 
     def reference_label(self) -> str | None:
         """Label of the plain fedavg-full method (no overrides), the reference for rounds-to-95%."""
