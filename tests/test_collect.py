@@ -72,6 +72,15 @@ def test_a_missing_interval_shows_as_a_question_mark_and_absent_methods_as_empty
 def test_studies_paired_with_different_methods_are_refused(tmp_path):
     first = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]}, paired_with="fedpilot")
     second = first.with_name("second.yaml")
-    second.write_text(first.read_text().replace("paired_with: fedpilot", "paired_with: fedavg-full"))
+    second.write_text(first.read_text().replace("paired_with: fedpilot", "paired_with: fedavg-full")
+                      .replace("name: t", "name: t2"))
     result = CliRunner().invoke(app, ["collect", "--study", str(first), "--study", str(second)])
     assert result.exit_code == 2 and "different methods" in result.output
+
+
+def test_two_studies_with_one_results_folder_are_refused(tmp_path):
+    path = write_study(tmp_path, {"methods": ["fedpilot"]})
+    twin = path.with_name("twin.yaml")
+    twin.write_text(path.read_text())
+    result = CliRunner().invoke(app, ["collect", "--study", str(path), "--study", str(twin)])
+    assert result.exit_code == 2 and "share their results folder" in result.output

@@ -192,12 +192,21 @@ def test_an_lr_grid_with_one_rate_missing_says_so_and_ties_go_to_the_earlier_rat
             {"method": "fedpilot-lr0.001", "lr": 0.001, "final_val_mean": 0.5}]
     entry = choose_lrs(rows, study)["fedpilot"]
     assert (entry["chosen"], entry["complete"]) == (0.003, False)
+    uneven = [*rows, {"method": "fedpilot-lr0.01", "lr": 0.01, "final_val_mean": 0.4, "seeds": 2}]
+    assert choose_lrs(uneven, study)["fedpilot"]["complete"] is False  # 0.01 seen on more runs than the others
+    assert choose_lrs([{**r, "seeds": 2} for r in uneven], study)["fedpilot"]["complete"] is True
 
 
-@pytest.mark.parametrize("lrs", [[0.01, 0.01], [0.0, 0.01], [-1e-3]])
+@pytest.mark.parametrize("lrs", [[0.01, 0.01], [0.0, 0.01], [-1e-3], [0.0012345671, 0.0012345674]])
 def test_bad_lr_grids_are_refused(tmp_path, lrs):
     with pytest.raises(ConfigError, match="lrs"):
         load_study(write_study(tmp_path, {"methods": ["fedpilot"], "lrs": lrs}))
+
+
+def test_a_method_with_its_own_rate_in_an_lr_grid_is_refused(tmp_path):
+    grid = {"methods": [{"name": "fedpilot", "set": ["train.lr=0.5"]}], "lrs": [0.01]}
+    with pytest.raises(ConfigError, match=r"methods \['fedpilot'\] set train.lr themselves"):
+        load_study(write_study(tmp_path, grid))
 
 
 def test_no_reference_leaves_rounds_to_95pct_empty(tmp_path):
@@ -250,11 +259,20 @@ def test_kept_records_carry_a_study_to_another_machine(tmp_path, monkeypatch):
     assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
     shutil.rmtree(tmp_path / "runs")  # a fresh machine: only the committed results
     runs[1].run_dir.mkdir(parents=True)  # and an interrupted directory of the other method, no round done
-    compare.run_compare(path, [], QUIET)
+    compare.run_compare(path, ["fedpilot"], QUIET)
     assert calls == [runs[0].name, runs[1].name]  # the kept run is not run again
     assert (runs[0].run_dir / "summary.json").is_file() and (tmp_path / "results/t/runs" / runs[1].name).is_dir()
     rows = list(csv.DictReader((tmp_path / "results/t/table.csv").open()))
-    assert [r["method"] for r in rows] == ["fedavg-full", "fedpilot"]
+    assert [r["method"] for r in rows] == ["fedavg-full", "fedpilot"]  # --only leaves the other in the tables
+    # a record made with another config is not put back: its run runs again and replaces the record
+    shutil.rmtree(tmp_path / "runs")
+    (kept / "config.yaml").write_text("seed: 99\n")
+    (kept / "extra.txt").write_text("stale")
+    compare.run_compare(path, [], QUIET)
+    assert calls[2:] == [runs[0].name]
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
+    assert (kept / "config.yaml").read_text() == (runs[0].run_dir / "config.yaml").read_text()
+    assert not list((tmp_path / "results/t/runs").glob(".*"))  # no partial copy left
 
 
 def test_jobs_below_one_are_refused(tmp_path):

@@ -167,7 +167,7 @@ def test_client_app_reports_its_own_data_and_refuses_an_unknown_label(tmp_path, 
     report = decode_report(reply.content["report"])
     assert report == NodeReport(1, 3, [1, 0, 2], "own", "200MiB", None, dropped_rows=1)
     assert describe_dropped({1: report, 0: NodeReport(0, 2, [1, 1], "own")}) == [
-        "partition 1: its node left out 1 rows of its file (empty text or label)"]
+        "partition 1: its node left out 1 row of its file (empty text or label)"]
     bad = write_csv(tmp_path / "bad.csv", [("goal", "sport"), ("vote", "politics")])
     node.node_config["data-path"] = str(bad)
     with pytest.raises(DataError, match="holds label 'politics'"):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from fedpilot.data.sources import DataError, DroppedRows, dropped_only, read_table, to_dataset
+from fedpilot.data.sources import DataError, DroppedRows, read_table, to_dataset
 
 DATA_KEYS = ("data-path", "text-column", "label-column")
 """Node config keys naming a node's own data file and its columns."""

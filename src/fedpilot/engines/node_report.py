@@ -128,8 +128,8 @@ def describe_declared(reports: Mapping[int, NodeReport], budgets: list[ClientBud
 
 def describe_dropped(reports: Mapping[int, NodeReport]) -> list[str]:
     """One line per node whose own file had rows left out (empty text or label)."""
-    return [f"partition {client}: its node left out {report.dropped_rows} rows of its file (empty text or label)"
-            for client, report in sorted(reports.items()) if report.dropped_rows]
+    return [f"partition {client}: its node left out {report.dropped_rows} row{'s' * (report.dropped_rows != 1)} "
+            "of its file (empty text or label)" for client, report in sorted(reports.items()) if report.dropped_rows]
 
 
 def write_reports(run_dir: Path, reports: Mapping[int, NodeReport], budgets: list[ClientBudget],

@@ -57,7 +57,7 @@ def verdict_cell(row: Row) -> str:
 
 def verdict_markdown(rows: list[Row], anchor: str) -> str:
     """The paired rows as a grid: a row per (dataset, partition, regime), a column per method (each minus
-    `anchor`, in accuracy points, with seeds in the heading)."""
+    `anchor`, in accuracy points)."""
     settings = list(dict.fromkeys((r["dataset"], r["partition"], r["regime"]) for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cells = {(r["dataset"], r["partition"], r["regime"], r["method"]): r for r in rows}
@@ -83,12 +83,17 @@ def table_markdown(rows: list[Row]) -> str:
 def collect(study_paths: list[str | Path], out_dir: Path) -> list[Path]:
     """Concatenate the studies' table.csv and paired.csv into `out_dir`; returns the files written.
 
-    Raises ConfigError for a bad study file, a study without results yet, or studies paired with
-    different anchor methods.
+    Without a study naming `paired_with`, no paired.csv / verdicts.md is written (an older one in `out_dir`
+    is removed). Raises ConfigError for a bad study file, a study without results yet, two studies with
+    one results folder, or studies paired with different anchor methods.
     """
     if not study_paths:
         raise ConfigError("collect needs at least one --study")
     studies = {path: load_study(path) for path in study_paths}
+    roots = [s.result_root for s in studies.values()]
+    repeated = sorted({str(root) for root in roots if roots.count(root) > 1})
+    if repeated:
+        raise ConfigError(f"studies share their results folder {repeated}; give each study its own name")
     anchors = {s.paired_with for s in studies.values() if s.paired_with}
     if len(anchors) > 1:
         raise ConfigError(f"the studies are paired with different methods {sorted(anchors)}; collect one anchor at a time")
@@ -100,6 +105,9 @@ def collect(study_paths: list[str | Path], out_dir: Path) -> list[Path]:
         texts["paired.csv"] = write_csv(paired, CSV_COLUMNS)
         texts["verdicts.md"] = verdict_markdown(paired, anchors.pop()) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("paired.csv", "verdicts.md"):
+        if stale not in texts:
+            (out_dir / stale).unlink(missing_ok=True)
     for name, text in texts.items():
         (out_dir / name).write_text(text)
     return [out_dir / name for name in texts]

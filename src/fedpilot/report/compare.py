@@ -107,7 +107,7 @@ def execute_in_worker(run: PlannedRun, threads: int) -> dict[str, Any]:
 def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1, records: Path | None = None) -> int:
     """Run every planned run not finished yet, `jobs` at a time in separate processes (each with an equal
     share of the CPU cores as torch threads) or in order in this one; returns how many ran now. With a
-    `records` folder, a run kept there counts as finished and each run's record is kept as it finishes.
+    `records` folder, each run's record is kept there as it finishes.
 
     Raises ValueError for jobs < 1; a run's error (e.g. over budget) is raised here.
     """
@@ -115,8 +115,6 @@ def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1, records: 
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     pending = []
     for run in runs:
-        if records is not None and restore_record(run.run_dir, records):
-            console.print(f"{run.name}: restored from its record in {records}", highlight=False)
         if is_finished(run.run_dir):
             console.print(f"{run.name}: {finished_note(run)}", highlight=False)
         else:
@@ -359,12 +357,19 @@ def run_compare(study_path: str | Path, only: list[str], console: Console, run: 
     for name, reason in skipped:
         console.print(f"[yellow]skipped[/] {name}: {reason}", highlight=False)
     selected = select_runs(runs, study, only)
+    records = study.records_root
+    if records is not None:
+        restore_records(runs, records, console)
     if run:
-        run_study(selected, console, jobs, study.records_root)
-    elif study.records_root is not None:
+        run_study(selected, console, jobs, records)
+    if records is not None:
         for planned in runs:
-            restore_record(planned.run_dir, study.records_root)
-    if study.records_root is not None:
-        for planned in runs:
-            save_record(planned.run_dir, study.records_root)
+            save_record(planned.run_dir, records)
     return write_results(study, runs, console)
+
+
+def restore_records(runs: list[PlannedRun], records: Path, console: Console) -> None:
+    """Put back every kept record made with its run's current config (`run_records.restore_record`)."""
+    for run in runs:
+        if restore_record(run.run_dir, records, dump_config(run.config)):
+            console.print(f"{run.name}: restored from its record in {records}", highlight=False)

@@ -50,8 +50,10 @@ def run_split(config: Config, data: str | None, split: str) -> Labelled:
     if chosen is None:
         raise DataError("the run holds no validation split (data.val_fraction=0); use --split test")
     names = text.label_names
+    read_from = ("test", "all") if split == "test" else ("train", "all")  # validation is carved from training data
+    dropped = tuple(d for d in text.dropped if d.split in read_from)
     return Labelled(list(chosen["text"]), [names[i] for i in chosen["label"]], f"{Path(config.data.name).stem}-{split}",
-                    text.dropped)
+                    dropped)
 
 
 def labelled_data(config: Config, data: str | None, split: str) -> Labelled:

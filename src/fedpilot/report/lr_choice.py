@@ -20,23 +20,28 @@ from fedpilot.report.tables import markdown_table
 
 
 def choose_lrs(rows: list[dict[str, Any]], study: Study) -> dict[str, dict[str, Any]]:
-    """Per method label of the study: {lr: mean final validation accuracy over the rows that have it} and
-    the chosen lr (highest mean; the earlier value of `grid.lrs` on a tie; None before any run has
-    validation accuracy).
+    """Per method label of the study: {lr: final validation accuracy, the mean over the study's settings of
+    each setting's mean over seeds}, the chosen lr (highest; the earlier value of `grid.lrs` on a tie;
+    None before any run has validation accuracy) and `complete` (every lr measured on as many settings
+    and seeds as the others).
 
     `rows`: table rows (`method`, `lr`, `final_val_mean`) of the study's finished runs.
     """
     by_label: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    runs: dict[str, dict[float, int]] = defaultdict(lambda: defaultdict(int))
     labels = {lr_label(m.tag, lr): (m.tag, lr) for m in study.grid.methods for lr in study.grid.lrs}
     for row in rows:
         if row["method"] in labels and row["final_val_mean"] is not None:
             tag, lr = labels[row["method"]]
             by_label[tag][lr].append(row["final_val_mean"])
+            runs[tag][lr] += int(row.get("seeds") or 1)
     choice = {}
     for method in study.grid.methods:
         means = {lr: float(np.mean(by_label[method.tag][lr])) for lr in study.grid.lrs if by_label[method.tag][lr]}
         chosen = max(means, key=lambda lr: (means[lr], -study.grid.lrs.index(lr))) if means else None
-        choice[method.tag] = {"val_accuracy": means, "chosen": chosen, "complete": len(means) == len(study.grid.lrs)}
+        counts = {runs[method.tag][lr] for lr in study.grid.lrs}
+        choice[method.tag] = {"val_accuracy": means, "chosen": chosen,
+                              "complete": len(means) == len(study.grid.lrs) and len(counts) == 1}
     return choice
 
 

@@ -2,9 +2,10 @@
 
 With `records: true` in a study file, every finished run's record (`config.yaml`, `summary.json`,
 `metrics.jsonl`: tens of KB, no weights) is copied to `results/<study>/runs/<run>/` as it finishes,
-to be committed; before running, a run whose record is there and whose directory under `runs/` is
-missing or unfinished gets the record back, so it counts as finished and is not rerun. Tables and
-plots read only these files.
+to be committed; before running, a run whose record is there, made with the config the study now
+gives it, and whose directory under `runs/` is missing or unfinished gets the record back, so it
+counts as finished and is not rerun. A record made with another config is not restored: the run
+runs again and its new record replaces the old. Tables and plots read only these files.
 """
 
 from __future__ import annotations
@@ -17,23 +18,31 @@ RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 
 
 def save_record(run_dir: Path, records_root: Path) -> Path | None:
-    """Copy a finished run's record files to `records_root/<run name>/`; None (nothing copied) when the run
-    has no summary.json yet. Returns the record folder."""
+    """Copy a finished run's record files to `records_root/<run name>/`, replacing an older record whole
+    (written to a temporary folder first, so an interrupted copy never looks complete); None (nothing
+    copied) when the run has no summary.json yet. Returns the record folder."""
     if not (run_dir / "summary.json").is_file():
         return None
     record = records_root / run_dir.name
-    record.mkdir(parents=True, exist_ok=True)
+    partial = records_root / f".{run_dir.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     for name in RECORD_FILES:
         if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, record / name)
+            shutil.copy2(run_dir / name, partial / name)
+    shutil.rmtree(record, ignore_errors=True)
+    partial.rename(record)
     return record
 
 
-def restore_record(run_dir: Path, records_root: Path) -> bool:
-    """Put a kept record back as `run_dir` unless that run has finished there already; an interrupted
-    directory (no summary.json) is replaced. Returns whether a record was restored."""
+def restore_record(run_dir: Path, records_root: Path, config_text: str) -> bool:
+    """Put a kept record back as `run_dir` unless that run has finished there already or the record was
+    made with another config than `config_text` (the run's config.yaml as the study now gives it); an
+    interrupted directory (no summary.json) is replaced. Returns whether a record was restored."""
     record = records_root / run_dir.name
     if (run_dir / "summary.json").is_file() or not (record / "summary.json").is_file():
+        return False
+    if not (record / "config.yaml").is_file() or (record / "config.yaml").read_text() != config_text:
         return False
     if run_dir.exists():
         shutil.rmtree(run_dir)

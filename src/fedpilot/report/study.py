@@ -92,9 +92,17 @@ class Grid(_Strict):
     @field_validator("lrs")
     @classmethod
     def _positive_lrs(cls, value: list[float]) -> list[float]:
-        if any(lr <= 0 for lr in value) or len(set(value)) != len(value):
-            raise ValueError(f"lrs must be distinct positive values, got {value}")
+        if any(lr <= 0 for lr in value) or len({f"{lr:g}" for lr in value}) != len(value):
+            raise ValueError(f"lrs must be distinct positive values (as printed with 6 digits), got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _lrs_alone_set_the_rate(self) -> Grid:
+        if self.lrs:
+            fixed = [m.tag for m in self.methods if any(s.replace(" ", "").startswith("train.lr=") for s in m.set)]
+            if fixed:
+                raise ValueError(f"methods {fixed} set train.lr themselves; with lrs the grid sets it")
+        return self
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -160,7 +168,8 @@ class Study(_Strict):
         return self.result_root / "runs" if self.records else None
 
     def reference_label(self) -> str | None:
-        """Label of the plain fedavg-full method (no overrides), the reference for rounds-to-95%."""
+        """Label of the plain fedavg-full method (no overrides), the reference for rounds-to-95%; None without
+        one, and for a learning-rate grid (its methods all carry a rate)."""
         return next((m.tag for m in self.grid.methods if m.name == REFERENCE and not m.set and not self.grid.lrs), None)
 
 
