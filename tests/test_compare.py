@@ -209,6 +209,13 @@ def test_a_method_with_its_own_rate_in_an_lr_grid_is_refused(tmp_path):
         load_study(write_study(tmp_path, grid))
 
 
+def test_the_reference_is_the_method_labelled_fedavg_full_even_with_its_own_rate(tmp_path):
+    grid = {"methods": [{"name": "fedavg-full", "label": "centralized", "set": ["clients.num_clients=1"]},
+                        {"name": "fedavg-full", "set": ["train.lr=0.01"]}, "fedpilot"]}
+    assert load_study(write_study(tmp_path, grid)).reference_label() == "fedavg-full"
+    assert load_study(write_study(tmp_path, {"methods": ["fedpilot"]})).reference_label() is None
+
+
 def test_no_reference_leaves_rounds_to_95pct_empty(tmp_path):
     study, runs = fake_study(tmp_path)
     rows = compare.table_rows(compare.read_results(runs[1::2]), study.reference_label())

@@ -168,9 +168,11 @@ class Study(_Strict):
         return self.result_root / "runs" if self.records else None
 
     def reference_label(self) -> str | None:
-        """Label of the plain fedavg-full method (no overrides), the reference for rounds-to-95%; None without
-        one, and for a learning-rate grid (its methods all carry a rate)."""
-        return next((m.tag for m in self.grid.methods if m.name == REFERENCE and not m.set and not self.grid.lrs), None)
+        """Label of the fedavg-full method labelled as such (its own learning rate allowed; a variant has
+        another label), the reference for rounds-to-95%; None without one, and for a learning-rate grid
+        (its methods all carry a rate in their labels)."""
+        return next((m.tag for m in self.grid.methods if m.name == REFERENCE and m.tag == REFERENCE
+                     and not self.grid.lrs), None)
 
 
 @dataclass(frozen=True)
