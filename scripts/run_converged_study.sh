@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The converged comparison (docs/protocol.md): every part in order, two runs at a time, then one table.
+# Resumable: rerun to go on after an interruption. Each part keeps its run records in
+# results/<part>/runs/ (commit them), so a fresh clone goes on where the last machine stopped.
+#   nohup scripts/run_converged_study.sh > converged.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FEDPILOT="${FEDPILOT:-.venv/bin/fedpilot}"
+JOBS="${JOBS:-2}"
+PARTS=(converged-20ng-memory converged-20ng-upload converged-others converged-reference)
+for part in "${PARTS[@]}"; do
+    "$FEDPILOT" compare --study "configs/studies/$part.yaml" --jobs "$JOBS"
+done
+"$FEDPILOT" collect $(printf -- '--study configs/studies/%s.yaml ' "${PARTS[@]}") --out results/converged
