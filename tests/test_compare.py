@@ -263,11 +263,13 @@ def test_kept_records_carry_a_study_to_another_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "run_local", fake_run_local)
     compare.run_compare(path, ["fedavg-full"], QUIET)
     kept = tmp_path / "results/t/runs" / runs[0].name
-    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl.gz", "summary.json"]
+    metrics = (runs[0].run_dir / "metrics.jsonl").read_text()
     shutil.rmtree(tmp_path / "runs")  # a fresh machine: only the committed results
     runs[1].run_dir.mkdir(parents=True)  # and an interrupted directory of the other method, no round done
     compare.run_compare(path, ["fedpilot"], QUIET)
     assert calls == [runs[0].name, runs[1].name]  # the kept run is not run again
+    assert (runs[0].run_dir / "metrics.jsonl").read_text() == metrics  # unpacked as it was
     assert (runs[0].run_dir / "summary.json").is_file() and (tmp_path / "results/t/runs" / runs[1].name).is_dir()
     rows = list(csv.DictReader((tmp_path / "results/t/table.csv").open()))
     assert [r["method"] for r in rows] == ["fedavg-full", "fedpilot"]  # --only leaves the other in the tables
@@ -277,7 +279,7 @@ def test_kept_records_carry_a_study_to_another_machine(tmp_path, monkeypatch):
     (kept / "extra.txt").write_text("stale")
     compare.run_compare(path, [], QUIET)
     assert calls[2:] == [runs[0].name]
-    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl.gz", "summary.json"]
     assert (kept / "config.yaml").read_text() == (runs[0].run_dir / "config.yaml").read_text()
     assert not list((tmp_path / "results/t/runs").glob(".*"))  # no partial copy left
 

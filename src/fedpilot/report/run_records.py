@@ -1,7 +1,7 @@
 """A study's run records kept with its results, so that a study goes on on another machine.
 
-With `records: true` in a study file, every finished run's record (`config.yaml`, `summary.json`,
-`metrics.jsonl`: tens of KB, no weights) is copied to `results/<study>/runs/<run>/` as it finishes,
+With `records: true` in a study file, every finished run's record (`config.yaml`, `summary.json` and
+`metrics.jsonl`, the last gzipped: about 15 KB, no weights) is copied to `results/<study>/runs/<run>/` as it finishes,
 to be committed; before running, a run whose record is there, made with the config the study now
 gives it, and whose directory under `runs/` is missing or unfinished gets the record back, so it
 counts as finished and is not rerun. A record made with another config is not restored: the run
@@ -10,11 +10,32 @@ runs again and its new record replaces the old. Tables and plots read only these
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
 RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
-"""What a record holds; summary.json is written last, so a record with it is complete."""
+"""What a record holds (metrics.jsonl as metrics.jsonl.gz); summary.json is written last."""
+GZIPPED = {"metrics.jsonl"}
+
+
+def copy_file(source: Path, target: Path, gzipped: bool) -> None:
+    """Copy `source` to `target`, gzipping it (`target` gets `.gz`) when `gzipped`."""
+    if gzipped:
+        with source.open("rb") as raw, gzip.open(target.with_name(target.name + ".gz"), "wb") as packed:
+            shutil.copyfileobj(raw, packed)
+    else:
+        shutil.copy2(source, target)
+
+
+def unpack_file(record: Path, target: Path, name: str) -> None:
+    """Write the record's `name` (stored gzipped or plain) to `target/name`."""
+    packed = record / f"{name}.gz"
+    if packed.is_file():
+        with gzip.open(packed, "rb") as source, (target / name).open("wb") as out:
+            shutil.copyfileobj(source, out)
+    elif (record / name).is_file():
+        shutil.copy2(record / name, target / name)
 
 
 def save_record(run_dir: Path, records_root: Path) -> Path | None:
@@ -29,7 +50,7 @@ def save_record(run_dir: Path, records_root: Path) -> Path | None:
     partial.mkdir(parents=True)
     for name in RECORD_FILES:
         if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, partial / name)
+            copy_file(run_dir / name, partial / name, name in GZIPPED)
     shutil.rmtree(record, ignore_errors=True)
     partial.rename(record)
     return record
@@ -48,6 +69,5 @@ def restore_record(run_dir: Path, records_root: Path, config_text: str) -> bool:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     for name in RECORD_FILES:
-        if (record / name).is_file():
-            shutil.copy2(record / name, run_dir / name)
+        unpack_file(record, run_dir, name)
     return True
