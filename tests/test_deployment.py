@@ -1,6 +1,7 @@
-"""The deployment engine on loopback with SuperNodes that hold their own CSV files, and over TLS with
-SuperNode authentication (`scripts/flower_local_deployment.sh [--secure]`). The tiny 2-block encoder
-of conftest keeps each run to a few process starts."""
+"""The deployment engine on loopback with SuperNodes that hold their own CSV files next to one that
+takes its partition of the server's data, and over TLS with SuperNode authentication
+(`scripts/flower_local_deployment.sh [--secure]`). The tiny 2-block encoder of conftest keeps each
+run to a few process starts."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def federation_files(tmp_path_factory) -> Path:
 model: {{path: "{root / 'base'}", max_length: 16}}
 data: {{name: "{root / 'server-train.csv'}", test_path: "{root / 'server-test.csv'}", val_fraction: 0,
         labels: {LABELS}}}
-clients: {{num_clients: 3, per_round: 3}}
+clients: {{num_clients: 4, per_round: 4}}
 train: {{rounds: 2, local_steps: 8, batch_size: 8, lr: 0.05}}
 eval: {{every: 1, final_full: false}}
 """)
@@ -60,14 +61,15 @@ eval: {{every: 1, final_full: false}}
 
 NODES = {"NODE_CONFIG_0": 'data-path="{root}/node0.csv" memory="1GiB"',
          "NODE_CONFIG_1": 'data-path="{root}/node1.csv" text-column="body" label-column="topic" upload="10MiB"',
-         "NODE_CONFIG_2": 'data-path="{root}/node2.csv"'}
+         "NODE_CONFIG_2": 'data-path="{root}/node2.csv"',
+         "NODE_CONFIG_3": ""}  # no data-path: its partition of the server's training file
 
 
 def deploy(root: Path, work: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     """Run the loopback script on the run's config with the three node files; (process, seconds)."""
     nodes = {key: value.format(root=root) for key, value in NODES.items()}
     settings = {**os.environ, **nodes, "CONFIG_FILE": str(root / "run.yaml"), "WORK_DIR": str(work),
-                "FEDERATED_EVAL": "false", **env}
+                "FEDERATED_EVAL": "false", "NUM_NODES": str(len(NODES)), **env}
     started = time.monotonic()
     done = subprocess.run([str(SCRIPT), *args], cwd=REPO, env=settings, capture_output=True, text=True, timeout=600)
     return done, time.monotonic() - started
@@ -82,11 +84,13 @@ def run_of(work: Path) -> tuple[dict, list[dict], dict]:
 
 @pytest.fixture(scope="module")
 def insecure(federation_files, tmp_path_factory) -> Path:
-    """The work folder of an insecure loopback run of the three private-data nodes, federated eval on."""
+    """The work folder of an insecure loopback run of the four nodes (three with their own files), federated
+    eval on."""
     work = tmp_path_factory.mktemp("insecure")
     done, seconds = deploy(federation_files, work, FEDERATED_EVAL="true")
     print(f"insecure private-data deployment: {seconds:.0f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "deployment run OK: 2 rounds" in done.stdout
     return work
 
 
@@ -95,14 +99,16 @@ def test_nodes_train_on_their_own_files_report_them_and_learn(insecure):
     summary, rounds, nodes = run_of(insecure)
     reports = {node["partition"]: node for node in nodes["nodes"]}
     assert nodes["label_names"] == LABELS
-    assert [(r["examples"], r["label_counts"], r["data"]) for r in reports.values()] == [
+    assert [(r["examples"], r["label_counts"], r["data"]) for r in list(reports.values())[:3]] == [
         (60, [20, 20, 20], "own"), (40, [20, 20, 0], "own"), (4, [2, 1, 1], "own")]
+    shared = reports[3]  # a quarter of the server's 30 training rows
+    assert shared["data"] == "partition" and shared["examples"] == sum(shared["label_counts"]) in (7, 8)
     assert reports[0]["budget_bytes"] == 2**30 and reports[1]["upload_limit_bytes"] == 10 * 2**20
     trained = {c["id"]: c for c in rounds[0]["clients"]}
-    assert {i: trained[i]["examples"] for i in trained} == {0: 60, 1: 40, 2: 4}
+    assert {i: trained[i]["examples"] for i in trained} == {0: 60, 1: 40, 2: 4, 3: shared["examples"]}
     assert trained[0]["budget_bytes"] == 2**30
     assert summary["final_accuracy"] >= summary["test_majority_rate"] + 0.2, summary
-    losses = [sum(c["loss"] for c in r["clients"]) / 3 for r in rounds]
+    losses = [sum(c["loss"] for c in r["clients"]) / len(r["clients"]) for r in rounds]
     assert losses[1] < losses[0]
     assert "client_accuracy" in rounds[-1]  # federated evaluation on the nodes' own files
 
@@ -128,7 +134,8 @@ def test_secure_run_matches_the_insecure_one_and_refuses_unknown_nodes(federatio
     assert secure["final_accuracy"] == plain["final_accuracy"]
     assert [c["loss"] for c in secure_rounds[-1]["clients"]] == pytest.approx(
         [c["loss"] for c in plain_rounds[-1]["clients"]], rel=1e-6)
-    assert "Failed to activate SuperNode" in (tmp_path / "supernode3.log").read_text()  # key not registered
-    assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "supernode4.log").read_text()  # trusts another CA
+    unregistered, other_ca = len(NODES), len(NODES) + 1  # the extra nodes' logs follow the run's nodes
+    assert "Failed to activate SuperNode" in (tmp_path / f"supernode{unregistered}.log").read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / f"supernode{other_ca}.log").read_text()
     assert "No SuperNode found with the given public key" in (tmp_path / "superlink.log").read_text()
     assert "Uvicorn running on https://127.0.0.1" in (tmp_path / "superlink.log").read_text()

@@ -1,14 +1,11 @@
-"""The Flower engine: its ClientApp called directly (no ray), agreement with the local engine in
-Flower's simulation engine, and the loopback deployment script (SuperLink + SuperNodes)."""
+"""The Flower engine: its ClientApp called directly (no ray) and agreement with the local engine in
+Flower's simulation engine. The loopback deployment script is tested in test_deployment.py."""
 
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # flwr reads it once, when imported
-
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,7 +23,6 @@ from fedpilot.engines.local import run_local
 from fedpilot.engines.server import split_state, state_bytes
 from fedpilot.report.records import read_rounds
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = ["data.max_train_examples=300", "clients.num_clients=3", "clients.per_round=3", "eval.max_examples=60",
         "eval.final_full=false", "model.max_length=32", "train.rounds=2", "train.local_steps=2", "train.batch_size=8"]
 HETERO = ["strategy.name=fedpilot", "clients.groups=[{share: 0.3334, memory: '85%', upload: '64KiB'}, "
@@ -91,10 +87,3 @@ def test_local_and_flower_simulation_make_the_same_run(tmp_path):
     full = state_bytes(federation_for(dump_config(config))[1].initial_state())
     assert any(0 < c["sent_bytes"] < full for r in flower_rounds for c in r["clients"])
 
-
-@pytest.mark.slow
-def test_loopback_deployment_script_completes_two_rounds():
-    done = subprocess.run([str(REPO / "scripts" / "flower_local_deployment.sh")], cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "deployment run OK: 2 rounds" in done.stdout
