@@ -15,13 +15,12 @@ Nothing is recomputed: the numbers are the studies' own.
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 from fedpilot.config import ConfigError
 from fedpilot.report.compare import COLUMNS
 from fedpilot.report.paired import CSV_COLUMNS
 from fedpilot.report.study import load_study
-from fedpilot.report.tables import markdown_table
+from fedpilot.report.tables import csv_text, markdown_table
 
 Row = dict[str, str]
 TABLE_MD = ("dataset", "partition", "regime", "method", "seeds", "lr", "final_acc_mean", "final_acc_std",
@@ -34,15 +33,6 @@ def read_csv(path: Path, study_path: str | Path) -> list[Row]:
         raise ConfigError(f"{path} does not exist: run `fedpilot compare --study {study_path} --report-only` first")
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
-
-
-def write_csv(rows: list[Row], columns: tuple[str, ...]) -> str:
-    """Rows as CSV with the given columns (a column a row lacks is empty)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows([{c: row.get(c, "") for c in columns} for row in rows])
-    return buffer.getvalue()
 
 
 def _points(value: str) -> str:
@@ -100,9 +90,9 @@ def collect(study_paths: list[str | Path], out_dir: Path) -> list[Path]:
     table = [row for path, s in studies.items() for row in read_csv(s.result_root / "table.csv", path)]
     paired = [row for path, s in studies.items() if s.paired_with
               for row in read_csv(s.result_root / "paired.csv", path)]
-    texts = {"table.csv": write_csv(table, COLUMNS), "table.md": table_markdown(table) + "\n"}
+    texts = {"table.csv": csv_text(table, COLUMNS), "table.md": table_markdown(table) + "\n"}
     if anchors:
-        texts["paired.csv"] = write_csv(paired, CSV_COLUMNS)
+        texts["paired.csv"] = csv_text(paired, CSV_COLUMNS)
         texts["verdicts.md"] = verdict_markdown(paired, anchors.pop()) + "\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("paired.csv", "verdicts.md"):

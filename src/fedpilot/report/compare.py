@@ -12,8 +12,6 @@ lr.json / lr.md (`report/lr_choice.py`).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import multiprocessing
 import os
@@ -38,7 +36,7 @@ from fedpilot.report.plots import memory_ratio, plot_accuracy, plot_budget
 from fedpilot.report.records import read_rounds
 from fedpilot.report.run_records import restore_record, save_record
 from fedpilot.report.study import PlannedRun, Study, expand_study, load_study, select_runs
-from fedpilot.report.tables import markdown_table
+from fedpilot.report.tables import csv_text, markdown_table
 from fedpilot.report.unit_use import unit_use_markdown, unit_use_rows
 
 COLUMNS = ("dataset", "partition", "regime", "method", "seeds", "lr", "final_acc_mean", "final_acc_std", "best_acc_mean",
@@ -254,11 +252,7 @@ def _accuracy_cell(row: dict[str, Any] | None, metric: str) -> str:
 
 def csv_table(rows: list[dict[str, Any]]) -> str:
     """The rows as CSV with full-precision numbers; missing values are empty."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows([{c: "" if row[c] is None else row[c] for c in COLUMNS} for row in rows])
-    return buffer.getvalue()
+    return csv_text(rows, COLUMNS)
 
 
 def rich_table(rows: list[dict[str, Any]], title: str) -> Table:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,15 @@ def round_table(rounds: list[dict[str, Any]]) -> Table:
         table.add_row(str(record["round"]), f"{record['test_accuracy']:.1%}", val, f"{record['test_loss']:.4f}",
                       client_loss, f"{record['round_seconds']:.1f}")
     return table
+
+
+def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as CSV with the given columns; a missing or None value is empty, other keys are left out."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows([{c: "" if row.get(c) is None else row[c] for c in columns} for row in rows])
+    return buffer.getvalue()
 
 
 def percent(value: float | None) -> str:
