@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FEDPILOT="${FEDPILOT:-.venv/bin/fedpilot}"
 JOBS="${JOBS:-2}"
-PARTS=(converged-20ng-memory converged-20ng-upload converged-reference-20ng)
+PARTS=(converged-20ng-memory converged-reference-20ng converged-20ng-upload)
 # Reuters R8 and Rotten Tomatoes join once their pilot (pilot-others-l16.yaml) has set their length:
 # converged-others.yaml and converged-reference-others.yaml, then add them here.
 for part in "${PARTS[@]}"; do

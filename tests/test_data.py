@@ -10,8 +10,10 @@ import pytest
 from datasets import ClassLabel, Dataset, Features, Value
 
 from conftest import csv_with_empty_rows
+from fedpilot.config import load_config
 from fedpilot.data.partition import label_histogram, partition
 from fedpilot.data.sources import DataError, load_text_data
+from fedpilot.report.evaluate import run_split
 
 
 def labelled(n: int = 2000, labels: int = 10) -> Dataset:
@@ -117,6 +119,16 @@ def test_dropped_rows_are_counted_per_file_and_a_clean_file_is_not_listed(tmp_pa
     assert data.label_names == ["0", "1", "a", "b"]
     pd.DataFrame({"text": ["x", "y"], "label": [1, 0]}).to_parquet(tmp_path / "clean.parquet")
     assert load_text_data(str(tmp_path / "clean.parquet"), test_path=str(tmp_path / "clean.parquet")).dropped == ()
+
+
+def test_evaluate_reports_only_the_dropped_rows_of_the_file_its_split_came_from(tmp_path):
+    csv_with_empty_rows(tmp_path / "train.csv")
+    pd.DataFrame({"text": ["x", "y", "", "w"], "label": ["a", "b", "a", "b"]}).to_parquet(tmp_path / "test.parquet")
+    config = load_config(None, [f"data.name={tmp_path / 'train.csv'}", f"data.test_path={tmp_path / 'test.parquet'}",
+                                "data.val_fraction=0.25"])
+    test, val = run_split(config, None, "test"), run_split(config, None, "val")
+    assert [(d.file, d.dropped) for d in test.dropped] == [("test.parquet", 1)] and len(test.texts) == 3
+    assert [(d.file, d.dropped) for d in val.dropped] == [("train.csv", 4)] and len(val.texts) == 9
 
 
 def test_a_file_without_any_complete_row_is_a_data_error(tmp_path):
