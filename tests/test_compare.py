@@ -265,6 +265,7 @@ def test_kept_records_carry_a_study_to_another_machine(tmp_path, monkeypatch):
     kept = tmp_path / "results/t/runs" / runs[0].name
     assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "metrics.jsonl.gz", "summary.json"]
     metrics = (runs[0].run_dir / "metrics.jsonl").read_text()
+    assert (kept / "metrics.jsonl.gz").read_bytes()[4:8] == bytes(4)  # no timestamp: saved again, the same bytes
     shutil.rmtree(tmp_path / "runs")  # a fresh machine: only the committed results
     runs[1].run_dir.mkdir(parents=True)  # and an interrupted directory of the other method, no round done
     compare.run_compare(path, ["fedpilot"], QUIET)

@@ -20,9 +20,11 @@ GZIPPED = {"metrics.jsonl"}
 
 
 def copy_file(source: Path, target: Path, gzipped: bool) -> None:
-    """Copy `source` to `target`, gzipping it (`target` gets `.gz`) when `gzipped`."""
+    """Copy `source` to `target`, gzipping it (`target` gets `.gz`) when `gzipped`, with a zero timestamp in the
+    gzip header so that the same file always packs to the same bytes (a record saved again is no change to git)."""
     if gzipped:
-        with source.open("rb") as raw, gzip.open(target.with_name(target.name + ".gz"), "wb") as packed:
+        with (source.open("rb") as raw, target.with_name(target.name + ".gz").open("wb") as out,
+              gzip.GzipFile(source.name, "wb", fileobj=out, mtime=0) as packed):
             shutil.copyfileobj(raw, packed)
     else:
         shutil.copy2(source, target)
