@@ -16,6 +16,11 @@ def ceil_div(nbytes: np.ndarray, grid: int) -> np.ndarray:
     return -(-np.asarray(nbytes, dtype=np.int64) // grid)
 
 
+def floor_div(nbytes: np.ndarray, grid: int) -> np.ndarray:
+    """Bytes rounded down to grid cells."""
+    return np.asarray(nbytes, dtype=np.int64) // grid
+
+
 def random_instance(rng: np.random.Generator, realistic: bool, upload: bool, integer_values: bool) -> dict:
     """One solve_assignment keyword set: mostly few units, sometimes up to 16, random or 7B-like costs."""
     n = int(rng.integers(11, 17)) if rng.random() < 0.05 else int(rng.integers(0, 11))
@@ -40,26 +45,44 @@ def random_instance(rng: np.random.Generator, realistic: bool, upload: bool, int
     return case
 
 
-def brute_force(case: dict) -> list[tuple[float, int, int, tuple[int, ...]]]:
-    """Every rounded-feasible set as (value, memory cells, upload cells, units); the empty set is checked in bytes."""
+def brute_force(case: dict, down: bool = False) -> list[tuple[float, int, int, tuple[int, ...]]]:
+    """Every set feasible with its costs rounded up (down: rounded down) as (value, memory cells, upload cells,
+    units); the empty set is checked in bytes."""
     values = np.asarray(case["values"])
-    n, grid = values.size, case["mem_grid"]
+    n, grid, div = values.size, case["mem_grid"], floor_div if down else ceil_div
     masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
     lowest = np.argmax(masks, axis=1) if n else np.zeros(1, int)
     unit = np.asarray(case["unit_mem"], dtype=np.int64)
-    base = ceil_div(case["fixed_mem"] + np.asarray(case["path_mem"], dtype=np.int64) + unit, grid)
-    cells = ceil_div(unit, grid)
+    base = div(case["fixed_mem"] + np.asarray(case["path_mem"], dtype=np.int64) + unit, grid)
+    cells = div(unit, grid)
     mem = masks @ cells + (base[lowest] - cells[lowest] if n else 0)
-    mem[0] = -(-case["fixed_mem"] // grid)
+    mem[0] = div(case["fixed_mem"], grid)
     up = np.zeros(2**n, np.int64)
     fits = mem <= case["mem_budget"] // grid
     fits[0] = case["fixed_mem"] <= case["mem_budget"]
     if case.get("upload_budget") is not None:
-        up = masks @ ceil_div(case["unit_upload"], case["upload_grid"])
+        up = masks @ div(case["unit_upload"], case["upload_grid"])
         fits &= up <= case["upload_budget"] // case["upload_grid"]
     value = masks @ values
     return [(float(value[i]), int(mem[i]), int(up[i]), tuple(np.flatnonzero(masks[i]).tolist()))
             for i in np.flatnonzero(fits)]
+
+
+def in_bytes(case: dict) -> dict:
+    """The same case on 1-byte grids: rounding changes nothing, feasible means feasible in bytes."""
+    return {**case, "mem_grid": 1, "upload_grid": 1}
+
+
+def winner(feasible: list[tuple[float, int, int, tuple[int, ...]]]) -> tuple[float, int, int, tuple[int, ...]]:
+    """The tie rule's pick: larger value, fewer memory cells, fewer upload cells, lexicographically smaller set."""
+    return min(feasible, key=lambda s: (-s[0], s[1], s[2], s[3]))
+
+
+def documented_answer(case: dict) -> tuple[float, int, int, tuple[int, ...]]:
+    """The module docstring's answer: the winner on costs rounded down if it fits in bytes, else on costs rounded up."""
+    optimistic = winner(brute_force(case, down=True))
+    fits = {units for *_, units in brute_force(in_bytes(case))}
+    return optimistic if optimistic[3] in fits else winner(brute_force(case))
 
 
 def check_feasible(case: dict, got: Assignment) -> None:
@@ -78,13 +101,16 @@ def check_feasible(case: dict, got: Assignment) -> None:
 @pytest.mark.parametrize("realistic", [False, True], ids=["random", "realistic"])
 def test_optimal_value_equals_brute_force(realistic: bool, upload: bool) -> None:
     rng = np.random.default_rng(1000 + 2 * realistic + upload)
+    gains = 0
     for _ in range(INSTANCES_PER_CASE):
         case = random_instance(rng, realistic, upload, integer_values=False)
         got = solve_assignment(**case)
         check_feasible(case, got)
-        feasible = brute_force(case)
-        assert got.units in {units for *_, units in feasible}
-        assert got.value == pytest.approx(max(value for value, *_ in feasible), rel=1e-9, abs=1e-12)
+        rounded_up, exact = winner(brute_force(case))[0], winner(brute_force(in_bytes(case)))[0]
+        assert got.value == pytest.approx(documented_answer(case)[0], rel=1e-9, abs=1e-12)
+        assert rounded_up - 1e-9 <= got.value <= exact + 1e-9
+        gains += got.value > rounded_up + 1e-9
+    assert gains >= 5  # budgets that only a set fitting to the byte can use
 
 
 @pytest.mark.parametrize("upload", [False, True], ids=["memory", "memory+upload"])
@@ -94,7 +120,7 @@ def test_ties_prefer_fewer_cells_then_lexicographically_smaller_set(upload: bool
         case = random_instance(rng, realistic=False, upload=upload, integer_values=True)
         got = solve_assignment(**case)
         check_feasible(case, got)
-        value, _, _, units = min(brute_force(case), key=lambda s: (-s[0], s[1], s[2], s[3]))
+        value, _, _, units = documented_answer(case)
         assert (got.units, got.value) == (units, value)
 
 
@@ -136,10 +162,17 @@ def test_zero_cost_zero_value_unit_is_not_appended() -> None:
     assert got.units == (0, 1)
 
 
+def test_a_set_that_fits_to_the_byte_is_found_on_a_coarse_grid() -> None:
+    # {0, 1} needs 8 + 4 + 0 + 1 = 13 bytes = the budget: ceil(12 / 4) + ceil(1 / 4) = 4 cells > floor(13 / 4) = 3,
+    # but rounded down it takes 3 + 0 cells and its true 13 bytes fit
+    assert solve_assignment([1.0, 1.0], [4, 1], [0, 1], 8, 13, mem_grid=4) == Assignment((0, 1), 2.0, 13, 0)
+
+
 def test_rounding_never_exceeds_real_budget() -> None:
-    # {0, 1} needs 8 + 4 + 0 + 1 = 13 bytes, but ceil(12 / 4) + ceil(1 / 4) = 4 cells > floor(13 / 4) = 3
-    assert solve_assignment([1.0, 1.0], [4, 1], [0, 1], 8, 13, mem_grid=4).units == (0,)
-    assert solve_assignment([1.0, 1.0], [4, 1], [0, 1], 8, 13, mem_grid=1).units == (0, 1)
+    # rounded down, {0, 1} takes floor(12 / 4) + floor(3 / 4) = 3 cells <= 3, but its 15 bytes exceed 13:
+    # the answer comes from costs rounded up, where {0} (12 bytes) wins
+    assert solve_assignment([1.0, 1.0], [4, 1], [0, 3], 8, 13, mem_grid=4) == Assignment((0,), 1.0, 12, 0)
+    assert solve_assignment([1.0, 1.0], [4, 1], [0, 3], 8, 15, mem_grid=4).units == (0, 1)
 
 
 def test_fractional_bytes_are_rounded_up() -> None:

@@ -15,16 +15,28 @@ rank (activations do not depend on the LoRA rank). We solve
 
 (upload_budget None: unlimited). The single-rank problem (`solve_assignment`) is the case m = 1.
 
-Rounding (conservative: every rounded-feasible choice is truly feasible). Byte counts are whole
-bytes (fractional inputs are rounded up first), then with g = mem_grid and h = upload_grid
+Rounding. Byte counts are whole bytes (fractional inputs are rounded up first); the DP below runs
+on grid cells, g = mem_grid and h = upload_grid, with the budgets rounded down,
 
-    B      = floor(mem_budget / g)                                   budget cells, rounded down
-    b_{ko} = ceil((fixed_mem + path_mem[k] + unit_mem[k, o]) / g)    cells of S's lowest unit k at option o
-    w_{jo} = ceil(unit_mem[j, o] / g),   u_{jo} = ceil(unit_upload[j, o] / h),   U = floor(upload_budget / h)
+    B = floor(mem_budget / g),   U = floor(upload_budget / h),
 
-and (S, o) with lowest unit k is rounded-feasible iff b_{k o_k} + sum_{j in S, j > k} w_{j o_j} <= B
-and sum_{j in S} u_{j o_j} <= U. Every rounded term is >= its bytes / grid, so the true cost is at
-most B * g <= mem_budget (likewise for upload). The empty set is feasible iff fixed_mem <= mem_budget.
+and the costs rounded by a function r, either floor or ceil:
+
+    b_{ko} = r((fixed_mem + path_mem[k] + unit_mem[k, o]) / g)    cells of S's lowest unit k at option o
+    w_{jo} = r(unit_mem[j, o] / g),   u_{jo} = r(unit_upload[j, o] / h)
+
+(S, o) with lowest unit k is r-feasible iff b_{k o_k} + sum_{j in S, j > k} w_{j o_j} <= B and
+sum_{j in S} u_{j o_j} <= U; the empty set is feasible iff fixed_mem <= mem_budget.
+
+  1. Rounded down (a relaxation): a sum of floors is at most the floor of the sum, so every choice
+     that fits in bytes is floor-feasible, and the floor optimum is worth at least the true
+     optimum. If it fits in bytes (checked on its true costs), it is the exact optimum in bytes.
+  2. Otherwise (some choice fits only after rounding down), rounded up (conservative): every
+     rounded term is >= its bytes / grid, so every ceil-feasible choice fits in bytes; the answer is
+     the exact optimum on rounded-up costs, worth at most what rounding up loses (<= one cell per unit).
+
+So a budget that equals a choice's cost to the byte (e.g. a budget of exactly "every unit") gets
+that choice whenever it is the best, whatever the grid.
 
 Algorithm: fixing the lowest unit k and its option leaves a multiple-choice knapsack over the units
 above k (each skipped or taken at one option), with b_{k o} (and u_{k o}) already spent. One table
@@ -37,8 +49,8 @@ the table as it stands just before unit k joins it:
 Both are exact. States never exceed the largest spare cells of any feasible lower (unit, option)
 (nor the sum of every unit's largest cells), and units below the lowest feasible k are never visited.
 
-Ties, broken deterministically in this order: larger value (as the DP sums it, top unit first),
-fewer memory cells, fewer upload cells (two resources only), lexicographically smallest tuple of
+Ties, broken deterministically in this order (cells as rounded in the pass that answered): larger
+value (as the DP sums it, top unit first), fewer memory cells, fewer upload cells (two resources only), lexicographically smallest tuple of
 (unit, option) pairs sorted by unit; so a lower unit beats a higher one, and the same unit at a
 lower option beats it at a higher one. Hence the empty set (head only) is returned whenever no
 positive-value choice fits.
@@ -176,18 +188,34 @@ def _solve(
     value: np.ndarray, lowest: np.ndarray, unit: np.ndarray, upload: np.ndarray, fixed_mem: float,
     mem_budget: float, upload_budget: float | None, grids: tuple[int, int],
 ) -> RankAssignment:
-    """solve_lowest_assignment on checked (n, m) value, lowest, unit and upload byte arrays."""
+    """solve_lowest_assignment on checked (n, m) value, lowest, unit and upload byte arrays: the optimum on
+    costs rounded down when it fits in bytes, else the optimum on costs rounded up (module docstring)."""
     head, budget = _head_and_budget(fixed_mem, mem_budget)
     grid = _grid("mem_grid", grids[0])
-    base, cells = _cells(head + lowest, grid), _cells(unit, grid)
-    if upload_budget is None:
+    up_grid = 1 if upload_budget is None else _grid("upload_grid", grids[1])
+    up_budget = None if upload_budget is None else math.floor(_non_negative("upload_budget", upload_budget))
+    costs = (value, head + lowest, unit, upload)
+    optimistic = _solve_on_cells(costs, head, lowest, (budget, up_budget), (grid, up_grid), _floor_cells)
+    if optimistic.mem_bytes <= budget and (up_budget is None or optimistic.upload_bytes <= up_budget):
+        return optimistic
+    return _solve_on_cells(costs, head, lowest, (budget, up_budget), (grid, up_grid), _cells)
+
+
+def _solve_on_cells(
+    costs: tuple[np.ndarray, ...], head: int, lowest: np.ndarray, budgets: tuple[int, int | None],
+    grids: tuple[int, int], cells_of: Callable[[np.ndarray, int], np.ndarray],
+) -> RankAssignment:
+    """The tie rule's optimum with costs (value, head + lowest, unit, upload bytes) rounded to cells by
+    `cells_of` and budgets (bytes; upload None: unlimited) rounded down; its true costs in bytes."""
+    value, base_bytes, unit, upload = costs
+    (budget, up_budget), (grid, up_grid) = budgets, grids
+    base, cells = cells_of(base_bytes, grid), cells_of(unit, grid)
+    if up_budget is None:
         up_cells = np.zeros(value.shape, np.int64)
         candidates, choice = _memory_dp(value, base, cells, budget // grid)
     else:
-        up_grid = _grid("upload_grid", grids[1])
-        up_cells = _cells(upload, up_grid)
-        up_budget = math.floor(_non_negative("upload_budget", upload_budget)) // up_grid
-        candidates, choice = _memory_upload_dp(value, base, cells, budget // grid, up_cells, up_budget)
+        up_cells = cells_of(upload, up_grid)
+        candidates, choice = _memory_upload_dp(value, base, cells, budget // grid, up_cells, up_budget // up_grid)
     chosen = _pick(candidates)
     if chosen is None:
         return RankAssignment((), (), 0.0, head, 0)
@@ -368,6 +396,11 @@ def _free_value_ahead(value: np.ndarray, zero_cost: np.ndarray) -> np.ndarray:
 def _cells(nbytes: np.ndarray | int, grid: int) -> np.ndarray:
     """Byte counts rounded up to whole grid cells."""
     return -(-np.asarray(nbytes, dtype=np.int64) // grid)
+
+
+def _floor_cells(nbytes: np.ndarray | int, grid: int) -> np.ndarray:
+    """Byte counts rounded down to whole grid cells."""
+    return np.asarray(nbytes, dtype=np.int64) // grid
 
 
 def _head_and_budget(fixed_mem: float, mem_budget: float) -> tuple[int, int]:

@@ -14,7 +14,8 @@ one of R rank options ((R + 1)^m - 1 options, all but "train none"):
 with T the option's Linears and saving[j, o] the bytes a lower rank saves (`models.rank.unit_saving`,
 zero at full rank; a cost the saving would take below zero counts as zero, which only overestimates).
 The block knapsack is exact, so this is exact for module units. Blocks with fewer
-Linears than the widest get options that never fit (cost above the budget, value 0).
+Linears than the widest get options that never fit (cost a grid cell above the budget even
+rounded down, value 0).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def solve_module_assignment(
     members = [[j for j, b in enumerate(blocks) if b == block] for block in sorted(set(blocks))]
     options = block_options(max(len(m) for m in members), value.shape[1])
     item_value, item_lowest, item_above, item_upload = _block_items(np.array(options), members, value, save, upload,
-                                                                    (lowest, above), float(mem_budget) + 1)
+                                                                    (lowest, above), float(mem_budget) + mem_grid + 1)
     chosen = solve_lowest_assignment(item_value, item_lowest, item_above, fixed_mem, mem_budget,
                                      None if unit_upload is None else item_upload, upload_budget, mem_grid,
                                      upload_grid)

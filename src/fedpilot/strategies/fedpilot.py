@@ -33,7 +33,8 @@ from fedpilot.strategies.base import State, Strategy, StrategyContext
 
 LAMBDA_OF_VALUE = {"local": 1.0, "global": 0.0}
 GRID_STEPS_PER_UNIT = 64
-"""Cost grids are at most 1/64 of the smallest unit cost, so rounding up costs each unit <= 1.6 %."""
+"""Cost grids are at most 1/64 of the smallest unit cost, so where the knapsack must round costs up (its
+rounded-down optimum does not fit in bytes), each unit loses <= 1.6 %."""
 UNSCORED_VALUES = ("uniform", "random")
 """Values that need no IG-Scores from the clients."""
 
