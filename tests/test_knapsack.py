@@ -45,23 +45,29 @@ def random_instance(rng: np.random.Generator, realistic: bool, upload: bool, int
     return case
 
 
+def unit_cells(nbytes: np.ndarray, grid: int, values: np.ndarray, down: bool) -> np.ndarray:
+    """A unit's cells above the lowest: rounded up, or rounded down (`down`) where its value is positive."""
+    return np.where(np.asarray(values) > 0, floor_div(nbytes, grid), ceil_div(nbytes, grid)) if down else ceil_div(
+        nbytes, grid)
+
+
 def brute_force(case: dict, down: bool = False) -> list[tuple[float, int, int, tuple[int, ...]]]:
-    """Every set feasible with its costs rounded up (down: rounded down) as (value, memory cells, upload cells,
-    units); the empty set is checked in bytes."""
+    """Every set feasible with its costs rounded up (down: as the module docstring's pass 1 rounds them) as
+    (value, memory cells, upload cells, units); the empty set is checked in bytes."""
     values = np.asarray(case["values"])
     n, grid, div = values.size, case["mem_grid"], floor_div if down else ceil_div
     masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
     lowest = np.argmax(masks, axis=1) if n else np.zeros(1, int)
     unit = np.asarray(case["unit_mem"], dtype=np.int64)
     base = div(case["fixed_mem"] + np.asarray(case["path_mem"], dtype=np.int64) + unit, grid)
-    cells = div(unit, grid)
+    cells = unit_cells(unit, grid, values, down)
     mem = masks @ cells + (base[lowest] - cells[lowest] if n else 0)
     mem[0] = div(case["fixed_mem"], grid)
     up = np.zeros(2**n, np.int64)
     fits = mem <= case["mem_budget"] // grid
     fits[0] = case["fixed_mem"] <= case["mem_budget"]
     if case.get("upload_budget") is not None:
-        up = masks @ div(case["unit_upload"], case["upload_grid"])
+        up = masks @ unit_cells(case["unit_upload"], case["upload_grid"], values, down)
         fits &= up <= case["upload_budget"] // case["upload_grid"]
     value = masks @ values
     return [(float(value[i]), int(mem[i]), int(up[i]), tuple(np.flatnonzero(masks[i]).tolist()))
@@ -110,7 +116,7 @@ def test_optimal_value_equals_brute_force(realistic: bool, upload: bool) -> None
         assert got.value == pytest.approx(documented_answer(case)[0], rel=1e-9, abs=1e-12)
         assert rounded_up - 1e-9 <= got.value <= exact + 1e-9
         gains += got.value > rounded_up + 1e-9
-    assert gains >= 5  # budgets that only a set fitting to the byte can use
+    assert gains >= 5  # the floor pass's pick fits in bytes and beats rounding up alone
 
 
 @pytest.mark.parametrize("upload", [False, True], ids=["memory", "memory+upload"])
@@ -166,6 +172,13 @@ def test_a_set_that_fits_to_the_byte_is_found_on_a_coarse_grid() -> None:
     # {0, 1} needs 8 + 4 + 0 + 1 = 13 bytes = the budget: ceil(12 / 4) + ceil(1 / 4) = 4 cells > floor(13 / 4) = 3,
     # but rounded down it takes 3 + 0 cells and its true 13 bytes fit
     assert solve_assignment([1.0, 1.0], [4, 1], [0, 1], 8, 13, mem_grid=4) == Assignment((0, 1), 2.0, 13, 0)
+
+
+def test_a_worthless_unit_does_not_ride_along_on_rounding_down() -> None:
+    # unit 1 (3 bytes, value 0) would take floor(3 / 4) = 0 cells; rounded up it takes 1, so it stays out and
+    # {0, 2} (9 bytes = the budget) is found
+    assert solve_assignment([1.0, 0.0, 1.0], [0, 0, 0], [4, 3, 5], 0, 9, mem_grid=4) == Assignment((0, 2), 2.0, 9, 0)
+    assert solve_assignment([1.0, 0.0, 1.0], [0, 0, 0], [4, 3, 5], 0, 12, mem_grid=4).units == (0, 2)
 
 
 def test_rounding_never_exceeds_real_budget() -> None:

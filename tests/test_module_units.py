@@ -242,6 +242,9 @@ def test_block_masks_and_bad_inputs():
     cost = table_profile(0, 2, 2)
     with pytest.raises(ValueError, match="4 units"):
         solve_module_assignment(np.ones((3, 1)), cost.blocks, cost.lowest, cost.above, cost.fixed_mem, 10**12)
+    with pytest.raises(ValueError, match="mem_grid must be a positive integer"):
+        solve_module_assignment(np.ones((4, 1)), cost.blocks, cost.lowest, cost.above, cost.fixed_mem, 10**12,
+                                mem_grid=None)
     with pytest.raises(ProfileError, match="granularity"):
         profile("minilm", 2, granularity="layer")
     with pytest.raises(ConfigError, match="lora.granularity"):

@@ -28,15 +28,18 @@ and the costs rounded by a function r, either floor or ceil:
 (S, o) with lowest unit k is r-feasible iff b_{k o_k} + sum_{j in S, j > k} w_{j o_j} <= B and
 sum_{j in S} u_{j o_j} <= U; the empty set is feasible iff fixed_mem <= mem_budget.
 
-  1. Rounded down (a relaxation): a sum of floors is at most the floor of the sum, so every choice
-     that fits in bytes is floor-feasible, and the floor optimum is worth at least the true
-     optimum. If it fits in bytes (checked on its true costs), it is the exact optimum in bytes.
-  2. Otherwise (some choice fits only after rounding down), rounded up (conservative): every
-     rounded term is >= its bytes / grid, so every ceil-feasible choice fits in bytes; the answer is
-     the exact optimum on rounded-up costs, worth at most what rounding up loses (<= one cell per unit).
+  1. Rounded down (a relaxation): b_{ko} rounded down, and w_{jo}, u_{jo} rounded down for options of
+     positive value (up for value 0, so that a worthless unit never rides along for free). A sum of
+     floors is at most the floor of the sum, and an optimum loses nothing by dropping its value-0
+     units, so some optimum in bytes is floor-feasible: the floor optimum is worth at least the
+     true optimum. If it fits in bytes (checked on its true costs), it is the exact optimum in bytes.
+  2. Otherwise, rounded up (conservative): every rounded term is >= its bytes / grid, so every
+     ceil-feasible choice fits in bytes; the answer is the exact optimum on rounded-up costs, worth
+     at most what rounding up loses (<= one cell per unit) below the true optimum.
 
 So a budget that equals a choice's cost to the byte (e.g. a budget of exactly "every unit") gets
-that choice whenever it is the best, whatever the grid.
+that choice when it is also the tie rule's pick on costs rounded down; only where the floor optimum
+does not fit may pass 2 miss it.
 
 Algorithm: fixing the lowest unit k and its option leaves a multiple-choice knapsack over the units
 above k (each skipped or taken at one option), with b_{k o} (and u_{k o}) already spent. One table
@@ -191,30 +194,32 @@ def _solve(
     """solve_lowest_assignment on checked (n, m) value, lowest, unit and upload byte arrays: the optimum on
     costs rounded down when it fits in bytes, else the optimum on costs rounded up (module docstring)."""
     head, budget = _head_and_budget(fixed_mem, mem_budget)
-    grid = _grid("mem_grid", grids[0])
-    up_grid = 1 if upload_budget is None else _grid("upload_grid", grids[1])
+    grid = checked_grid("mem_grid", grids[0])
+    up_grid = 1 if upload_budget is None else checked_grid("upload_grid", grids[1])
     up_budget = None if upload_budget is None else math.floor(_non_negative("upload_budget", upload_budget))
     costs = (value, head + lowest, unit, upload)
-    optimistic = _solve_on_cells(costs, head, lowest, (budget, up_budget), (grid, up_grid), _floor_cells)
+    optimistic = _solve_on_cells(costs, head, lowest, (budget, up_budget), (grid, up_grid), down=True)
     if optimistic.mem_bytes <= budget and (up_budget is None or optimistic.upload_bytes <= up_budget):
         return optimistic
-    return _solve_on_cells(costs, head, lowest, (budget, up_budget), (grid, up_grid), _cells)
+    return _solve_on_cells(costs, head, lowest, (budget, up_budget), (grid, up_grid), down=False)
 
 
 def _solve_on_cells(
     costs: tuple[np.ndarray, ...], head: int, lowest: np.ndarray, budgets: tuple[int, int | None],
-    grids: tuple[int, int], cells_of: Callable[[np.ndarray, int], np.ndarray],
+    grids: tuple[int, int], down: bool,
 ) -> RankAssignment:
-    """The tie rule's optimum with costs (value, head + lowest, unit, upload bytes) rounded to cells by
-    `cells_of` and budgets (bytes; upload None: unlimited) rounded down; its true costs in bytes."""
+    """The tie rule's optimum with costs (value, head + lowest, unit, upload bytes) rounded to cells, down
+    (pass 1 of the module docstring) or up, and budgets (bytes; upload None: unlimited) rounded down; its
+    true costs in bytes."""
     value, base_bytes, unit, upload = costs
     (budget, up_budget), (grid, up_grid) = budgets, grids
-    base, cells = cells_of(base_bytes, grid), cells_of(unit, grid)
+    base = base_bytes // grid if down else _cells(base_bytes, grid)
+    cells = _unit_cells(unit, grid, value, down)
     if up_budget is None:
         up_cells = np.zeros(value.shape, np.int64)
         candidates, choice = _memory_dp(value, base, cells, budget // grid)
     else:
-        up_cells = cells_of(upload, up_grid)
+        up_cells = _unit_cells(upload, up_grid, value, down)
         candidates, choice = _memory_upload_dp(value, base, cells, budget // grid, up_cells, up_budget // up_grid)
     chosen = _pick(candidates)
     if chosen is None:
@@ -398,9 +403,11 @@ def _cells(nbytes: np.ndarray | int, grid: int) -> np.ndarray:
     return -(-np.asarray(nbytes, dtype=np.int64) // grid)
 
 
-def _floor_cells(nbytes: np.ndarray | int, grid: int) -> np.ndarray:
-    """Byte counts rounded down to whole grid cells."""
-    return np.asarray(nbytes, dtype=np.int64) // grid
+def _unit_cells(nbytes: np.ndarray, grid: int, value: np.ndarray, down: bool) -> np.ndarray:
+    """Per-option byte counts in grid cells: rounded up, or when `down` rounded down where the option has
+    positive value (a value-0 option stays rounded up)."""
+    up = _cells(nbytes, grid)
+    return np.where(value > 0, nbytes // grid, up) if down else up
 
 
 def _head_and_budget(fixed_mem: float, mem_budget: float) -> tuple[int, int]:
@@ -462,7 +469,7 @@ def _non_negative(name: str, number: float) -> float:
     return number
 
 
-def _grid(name: str, grid: int) -> int:
+def checked_grid(name: str, grid: int) -> int:
     """A positive integer grid size in bytes."""
     if not isinstance(grid, (int, np.integer)) or grid <= 0:
         raise ValueError(f"{name} must be a positive integer number of bytes, got {grid!r}")

@@ -25,7 +25,7 @@ import itertools
 import numpy as np
 from numpy.typing import ArrayLike
 
-from fedpilot.assign.knapsack import RankAssignment, solve_lowest_assignment
+from fedpilot.assign.knapsack import RankAssignment, checked_grid, solve_lowest_assignment
 
 BlockOption = tuple[int, ...]
 """One option of a block: each of its units' rank option, -1 where the unit is not trained."""
@@ -63,8 +63,9 @@ def solve_module_assignment(
     upload = np.zeros(value.shape) if unit_upload is None else np.asarray(unit_upload, dtype=float)
     members = [[j for j, b in enumerate(blocks) if b == block] for block in sorted(set(blocks))]
     options = block_options(max(len(m) for m in members), value.shape[1])
+    never = float(mem_budget) + checked_grid("mem_grid", mem_grid)  # above the budget even rounded down
     item_value, item_lowest, item_above, item_upload = _block_items(np.array(options), members, value, save, upload,
-                                                                    (lowest, above), float(mem_budget) + mem_grid + 1)
+                                                                    (lowest, above), never)
     chosen = solve_lowest_assignment(item_value, item_lowest, item_above, fixed_mem, mem_budget,
                                      None if unit_upload is None else item_upload, upload_budget, mem_grid,
                                      upload_grid)
