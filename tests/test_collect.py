@@ -61,12 +61,12 @@ def test_collect_without_results_names_the_command_that_makes_them(tmp_path):
 
 def test_a_missing_interval_shows_as_a_question_mark_and_absent_methods_as_empty_cells():
     rows = [{"dataset": "d", "partition": "iid", "regime": "r", "method": "a", "mean_diff": "-0.02", "ci_low": "",
-             "ci_high": "", "verdict": "tie"},
+             "ci_high": "", "verdict": "n/a"},
             {"dataset": "d", "partition": "dir", "regime": "r", "method": "b", "mean_diff": "0.01", "ci_low": "0.005",
              "ci_high": "0.015", "verdict": "ahead"}]
-    assert verdict_cell(rows[0]) == "-2.0 [?, ?] tie"
+    assert verdict_cell(rows[0]) == "-2.0 [?, ?] n/a"
     text = verdict_markdown(rows, "fedpilot")
-    assert "| d | iid | r | -2.0 [?, ?] tie |  |" in text and "| d | dir | r |  | +1.0 [+0.5, +1.5] ahead |" in text
+    assert "| d | iid | r | -2.0 [?, ?] n/a |  |" in text and "| d | dir | r |  | +1.0 [+0.5, +1.5] ahead |" in text
 
 
 def test_studies_paired_with_different_methods_are_refused(tmp_path):

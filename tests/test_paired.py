@@ -35,20 +35,20 @@ def test_t_interval_against_hand_computed_cases():
     assert (low, high) == pytest.approx((0.012579, 0.037421), abs=1e-6)
     assert verdict(low, high) == "ahead"
     assert verdict(*t_interval([-0.02, -0.03, -0.025])) == "behind"
-    assert t_interval([0.5]) == (None, None) and verdict(None, None) == "tie"
+    assert t_interval([0.5]) == (None, None) and verdict(None, None) == "n/a"  # one seed decides nothing
 
 
 def test_markdown_shows_points_interval_and_verdict():
     table = paired_markdown(paired_rows(ACC, "fedpilot"), "fedpilot")
     assert table.startswith("Final test accuracy minus fedpilot's, seed by seed;")
     assert "| 20ng | iid | top-k | 3 | +0.7 | -3.1 .. +4.5 | tie | +2.0 / +1.0 / -1.0 | 2/3 |" in table
-    assert "| 20ng | iid | fedra | 1 | -10.0 | n/a .. n/a | tie | -10.0 | 0/1 |" in table
+    assert "| 20ng | iid | fedra | 1 | -10.0 | n/a .. n/a | n/a | -10.0 | 0/1 |" in table
 
 
 def test_csv_has_interval_columns_and_empty_bounds_for_one_seed():
     lines = paired_csv(paired_rows(ACC, "fedpilot")).splitlines()
     assert lines[0] == "dataset,partition,regime,method,seeds,mean_diff,ci_low,ci_high,verdict"
-    assert lines[2].startswith("20ng,iid,,fedra,1,") and lines[2].endswith(",,,tie")
+    assert lines[2].startswith("20ng,iid,,fedra,1,") and lines[2].endswith(",,,n/a")
     labelled = paired_csv([{**row, "regime": "memory-only"} for row in paired_rows(ACC, "fedpilot")]).splitlines()
     assert labelled[2].startswith("20ng,iid,memory-only,fedra,1,")
 

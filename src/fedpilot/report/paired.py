@@ -6,7 +6,8 @@ method 2 points ahead in every seed is ahead even when both stds are 2 points.
 
 The interval is a two-sided 95% Student-t interval over the seeds' differences,
 mean ± t_{0.975, n-1} * sd / sqrt(n) (needs n >= 2 seeds). The verdict says whether the method is
-ahead of the anchor (interval above 0), behind (below 0) or tied (the interval covers 0, or one seed).
+ahead of the anchor (interval above 0), behind (below 0) or tied (the interval covers 0); with one
+seed there is no interval and the verdict is `n/a`.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float | None, f
 
 
 def verdict(low: float | None, high: float | None) -> str:
-    """ahead / behind when the interval excludes 0, else tie (also without an interval)."""
-    if low is not None and low > 0:
+    """ahead / behind when the interval excludes 0, tie when it covers 0, n/a without an interval (one seed)."""
+    if low is None or high is None:
+        return "n/a"
+    if low > 0:
         return "ahead"
-    if high is not None and high < 0:
+    if high < 0:
         return "behind"
     return "tie"
 
