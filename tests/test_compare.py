@@ -109,6 +109,24 @@ def fake_study(tmp_path: Path):
     return study, runs
 
 
+def test_final_accuracy_and_test_verdicts_use_the_whole_test_split_where_runs_evaluated_it(tmp_path):
+    study, runs = fake_study(tmp_path)
+    whole = {"fedavg-full-20newsgroups-iid-s0": 0.85, "fedavg-full-20newsgroups-iid-s1": 0.75,
+             "fedpilot-20newsgroups-iid-s0": 0.80, "fedpilot-20newsgroups-iid-s1": 0.70}
+    for run in runs:
+        summary = json.loads((run.run_dir / "summary.json").read_text())
+        (run.run_dir / "summary.json").write_text(json.dumps({**summary, "final_test_accuracy_full": whole[run.name]}))
+    compare.write_results(study, runs, QUIET)
+    rows = {row["method"]: row for row in csv.DictReader((tmp_path / "results/t/table.csv").open())}
+    assert float(rows["fedavg-full"]["final_acc_mean"]) == pytest.approx(0.80)
+    assert float(rows["fedpilot"]["final_acc_mean"]) == pytest.approx(0.75)
+    assert float(rows["fedpilot"]["best_acc_mean"]) == pytest.approx(0.79)  # the per-round subset's best
+    paired = next(csv.DictReader((tmp_path / "results/t/paired.csv").open()))
+    assert float(paired["mean_diff"]) == pytest.approx(0.05) and paired["verdict"] == "ahead"  # +5 points in both seeds
+    assert compare.final_test_accuracy({"final_accuracy": None, "final_test_accuracy_full": 0.1}) is None
+    assert compare.final_test_accuracy({"final_accuracy": 0.3, "final_test_accuracy_full": None}) == 0.3
+
+
 def test_table_aggregates_seeds_and_rounds_to_95pct_of_the_reference(tmp_path):
     study, runs = fake_study(tmp_path)
     paths = compare.write_results(study, runs, QUIET)

@@ -18,6 +18,7 @@ import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,10 +179,12 @@ def rounds_to_reference(results: list[RunResult], reference: float | None) -> fl
 def group_stats(results: list[RunResult], reference: float | None) -> dict[str, Any]:
     """The numeric columns of one (dataset, partition, method) row over its seeds.
 
-    A client the strategy left out (a record without `units`) counts as training 0 units.
+    Final accuracy is `final_test_accuracy` (the whole test split where the runs evaluated it); best
+    accuracy and rounds-to-95% follow the per-round test subset. A client the strategy left out (a record
+    without `units`) counts as training 0 units.
     """
-    finals = [r.summary["final_accuracy"] for r in results if r.summary.get("final_accuracy") is not None]
-    vals = [r.summary["final_val_accuracy"] for r in results if r.summary.get("final_val_accuracy") is not None]
+    finals = [a for a in map(final_test_accuracy, (r.summary for r in results)) if a is not None]
+    vals = [a for a in map(final_val_accuracy, (r.summary for r in results)) if a is not None]
     clients = [c for r in results for record in r.rounds for c in record["clients"]]
     ratios = [ratio for ratio in map(memory_ratio, clients) if ratio is not None]
     uploads = [[c["upload_bytes"] for c in record["clients"] if c.get("upload_bytes") is not None]
@@ -280,9 +283,25 @@ def plot_results(results: list[RunResult], out_dir: Path) -> list[Path]:
     return paths
 
 
-def seed_accuracies(groups: dict[tuple[str, str, str], list[RunResult]], key: str) -> dict:
-    """{(dataset, partition, method): {seed: summary[key]}} over the runs that have `key`."""
-    return {group: {r.run.seed: r.summary[key] for r in members if r.summary.get(key) is not None}
+def final_test_accuracy(summary: dict[str, Any]) -> float | None:
+    """A run's final test accuracy: on the whole test split where the run evaluated it there
+    (`eval.final_full`: `final_test_accuracy_full`), else on the per-round test subset (`final_accuracy`);
+    None for a run that trained nothing (`final_accuracy` None)."""
+    if summary.get("final_accuracy") is None:
+        return None
+    full = summary.get("final_test_accuracy_full")
+    return summary["final_accuracy"] if full is None else full
+
+
+def final_val_accuracy(summary: dict[str, Any]) -> float | None:
+    """A run's final validation accuracy; None without a validation split or for a run that trained nothing."""
+    return summary.get("final_val_accuracy")
+
+
+def seed_accuracies(groups: dict[tuple[str, str, str], list[RunResult]],
+                    metric: Callable[[dict[str, Any]], float | None]) -> dict:
+    """{(dataset, partition, method): {seed: metric(summary)}} over the runs where the metric is not None."""
+    return {group: {r.run.seed: metric(r.summary) for r in members if metric(r.summary) is not None}
             for group, members in groups.items()}
 
 
@@ -290,8 +309,8 @@ def paired_texts(groups: dict[tuple[str, str, str], list[RunResult]], anchor: st
                  regime: str | None = None) -> dict[str, str]:
     """paired.md (validation, where the runs have it, then test; each per setting and pooled over a dataset's
     partitions) and paired.csv (test) against `anchor`, its rows labelled with the budget `regime`."""
-    test_rows = [{**row, "regime": regime} for row in paired_rows(seed_accuracies(groups, "final_accuracy"), anchor)]
-    val_rows = [{**row, "regime": regime} for row in paired_rows(seed_accuracies(groups, "final_val_accuracy"), anchor)]
+    test_rows = [{**row, "regime": regime} for row in paired_rows(seed_accuracies(groups, final_test_accuracy), anchor)]
+    val_rows = [{**row, "regime": regime} for row in paired_rows(seed_accuracies(groups, final_val_accuracy), anchor)]
     sections = []
     for rows, metric in ((val_rows, "final validation accuracy"), (test_rows, "final test accuracy")):
         if rows:
