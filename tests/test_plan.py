@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedpilot.assign.knapsack import solve_assignment
+from fedpilot.assign.knapsack import solve_assignment, solve_rank_assignment
+from fedpilot.assign.options import knapsack_grids, option_costs
 from fedpilot.assign.reach import deepest_unit, lora_bytes, upload_units
 from fedpilot.cli import app
 from fedpilot.config import ConfigError
 from fedpilot.fleet.planner import head_bytes, largest_batch, plan_fleet
-from fedpilot.fleet.show import unit_ranges, unit_values
+from fedpilot.fleet.show import ranked_units, unit_ranges, unit_values
 from fedpilot.fleet.spec import Fleet, load_fleet
 from fedpilot.memory.cost import CostProfile, KiB, MiB, mem_of
 
@@ -44,6 +46,44 @@ def test_each_kind_gets_exactly_the_knapsack_assignment(values):
         assert kind.upload_bytes == expected.upload_bytes + head_bytes(PROFILE)
         assert kind.deepest_unit == deepest_unit(PROFILE, memory, lora_bytes(PROFILE), upload)
     assert plan.kinds[3].largest_batch_all_units == PROFILE.batch
+
+
+def test_rank_options_plan_what_the_rank_knapsack_assigns_with_fedpilots_costs_and_grids():
+    ranks = (2, 4, 8)
+    plan = plan_fleet(PROFILE, FLEET, [0.1, 0.5, 0.05, 0.2, 0.3, 0.4], ranks)
+    memory, uploads = option_costs(PROFILE, lora_bytes(PROFILE), ranks)
+    values = np.array([0.1, 0.5, 0.05, 0.2, 0.3, 0.4])[:, None] * np.array([0.25, 0.5, 1.0])
+    for kind in plan.kinds[1:]:
+        expected = solve_rank_assignment(values, PROFILE.path_mem, memory, PROFILE.fixed_mem, kind.memory_budget,
+                                         uploads, kind.upload_budget, *knapsack_grids(PROFILE, lora_bytes(PROFILE), ranks))
+        assert (kind.units, kind.ranks) == (expected.units, tuple(ranks[o] for o in expected.options))
+        assert kind.upload_bytes == expected.upload_bytes + head_bytes(PROFILE)
+    # 108 KiB of upload carries two units at rank 8 (48 KiB each): the best two (values 0.5, 0.4), and in the
+    # 12 KiB left the next best (0.3) at rank 2 for a quarter of its value
+    thin = Fleet.model_validate({"kinds": [{"name": "thin", "count": 2, "memory": "100%", "upload": "108KiB"}]})
+    values = [0.1, 0.5, 0.05, 0.2, 0.3, 0.4]
+    kind = plan_fleet(PROFILE, thin, values, ranks).kinds[0]
+    assert (kind.units, kind.ranks, kind.value) == ((1, 4, 5), (8, 2, 8), pytest.approx(0.5 + 0.3 / 4 + 0.4))
+    assert kind.upload_bytes == (48 + 12 + 48) * KiB + head_bytes(PROFILE)
+    assert plan_fleet(PROFILE, thin, values).kinds[0].units == (1, 5)
+    assert plan.rank_options == ranks and json.loads(json.dumps(plan.to_json()))["kinds"][1]["ranks"] == [8, 8]
+    assert ranked_units((0, 1, 2, 4, 5), (8, 8, 4, 4, 4), False) == "0-1 r8, 2 r4, 4-5 r4"
+    assert ranked_units((0, 1), (8, 8), True) == "0-1" and ranked_units((), (), False) == "head only"
+
+
+@pytest.mark.parametrize("ranks", [[8, 4], [2, 4], [0, 8], [4, 4, 8], []])
+def test_rank_options_must_ascend_to_the_lora_rank(ranks):
+    with pytest.raises(ValueError, match="rank options must be ascending and distinct, from 1 up to the LoRA rank 8"):
+        plan_fleet(PROFILE, FLEET, None, ranks)
+
+
+def test_plan_command_refuses_malformed_ranks(tmp_path):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("kinds:\n  - {name: small, count: 3, memory: 100MiB}\n")
+    for text in ("2,x,8", "8,4"):
+        result = CliRunner().invoke(app, ["plan", "--fleet", str(fleet), "--ranks", text, "--out", str(tmp_path)])
+        assert result.exit_code == 2 and f"--ranks '{text}': comma-separated whole ranks" in result.output.replace(
+            "\n", "")
 
 
 def test_unaffordable_kinds_are_reported_never_dropped():

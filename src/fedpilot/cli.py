@@ -323,6 +323,9 @@ def plan(
     seq: Annotated[int, typer.Option(help="tokens per example")] = 512,
     dtype: Annotated[str, typer.Option(help="fp32 or bf16 (weights and activations)")] = "bf16",
     rank: Annotated[int, typer.Option(help="LoRA rank")] = 8,
+    ranks: Annotated[Optional[str], typer.Option(help="rank options the knapsack may give a unit, e.g. 2,4,8 "
+                                                      "(ascending, ending at --rank; default --rank alone), as "
+                                                      "strategy.ranks")] = None,
     scores: Annotated[Optional[Path], typer.Option(help="run directory whose last global IG-Scores value the "
                                                         "units (default: uniform values)")] = None,
     out: Annotated[Path, typer.Option(help="folder for plan.json and plan.png")] = Path("results/plan"),
@@ -331,7 +334,7 @@ def plan(
     from fedpilot.fleet.show import run_plan_command
 
     try:
-        run_plan_command(model, batch, seq, dtype, rank, fleet, scores, out, console)
+        run_plan_command(model, batch, seq, dtype, rank, fleet, scores, out, console, ranks)
     except user_errors() as error:
         fail(str(error))
 

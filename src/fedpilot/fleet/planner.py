@@ -1,9 +1,12 @@
 """Who in a fleet can train what: per client kind and per unit, from a cost profile alone.
 
 Per kind: whether its memory holds the frozen model and the head (Mem({}) = fixed_mem), the deepest
-unit it can train, the knapsack's assignment (`assign.knapsack.solve_assignment`, as the fedpilot
-strategy calls it) under given unit values, its Mem and traffic per round, and the largest batch
-at which it could train every unit. Per unit: how many clients of the fleet can train it alone
+unit it can train, the knapsack's assignment (`assign.knapsack.solve_rank_assignment` over the
+LoRA rank options, on the costs and grids the fedpilot strategy uses, `assign.options`) under given
+unit values, its Mem and traffic per round, and the largest batch at which it could train every
+unit. A unit's value at rank option r is its value times r / R, as fedpilot values a unit without
+scores. Reach (deepest unit, `can_train`) counts a unit's upload at the lowest rank option and its
+memory at rank R (an upper bound). Per unit: how many clients of the fleet can train it alone
 (`can_train`) and how many the assignments give it (`assigned`). All sizes are bytes.
 """
 
@@ -12,8 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from fedpilot.assign.budgets import parse_upload
-from fedpilot.assign.knapsack import solve_assignment
+from fedpilot.assign.ig_score import rank_shares
+from fedpilot.assign.knapsack import solve_rank_assignment
+from fedpilot.assign.options import knapsack_grids, option_costs
 from fedpilot.assign.reach import deepest_unit, lora_bytes, upload_units
 from fedpilot.fleet.spec import ClientKind, Fleet
 from fedpilot.memory.cost import CostProfile, budget_bytes, mem_of
@@ -24,7 +31,8 @@ MAX_BATCH = 2**16
 
 @dataclass(frozen=True)
 class KindPlan:
-    """The plan of one client kind (bytes; `upload_budget` None = unlimited).
+    """The plan of one client kind (bytes; `upload_budget` None = unlimited); `ranks[i]` is the LoRA rank of
+    `units[i]`.
 
     A kind that cannot take part has `units == ()`, `mem_bytes` and traffic 0, and its `reason`.
     """
@@ -42,6 +50,7 @@ class KindPlan:
     upload_bytes: int
     download_bytes: int
     largest_batch_all_units: int
+    ranks: tuple[int, ...] = ()
     reason: str = ""
 
 
@@ -54,6 +63,7 @@ class FleetPlan:
     length: int
     dtype: str
     rank: int
+    rank_options: tuple[int, ...]
     frozen_bytes: int
     head_only_bytes: int
     all_units_bytes: int
@@ -68,23 +78,43 @@ class FleetPlan:
         return asdict(self)
 
 
-def plan_fleet(profile: CostProfile, fleet: Fleet, values: Sequence[float] | None = None) -> FleetPlan:
-    """Plan every kind of the fleet under the unit values (uniform when None)."""
+def plan_fleet(profile: CostProfile, fleet: Fleet, values: Sequence[float] | None = None,
+               ranks: Sequence[int] | None = None) -> FleetPlan:
+    """Plan every kind of the fleet under the unit values (uniform when None) and LoRA rank options (the
+    profiled rank alone when None). Raises ValueError for a value count other than the unit count or rank
+    options that are not ascending, distinct and within 1..R ending at R (the profiled rank)."""
     n = profile.num_units
     values = tuple(float(v) for v in values) if values is not None else (1.0,) * n
     if len(values) != n:
         raise ValueError(f"{len(values)} unit values for a model with {n} units")
-    kinds = tuple(plan_kind(profile, kind, values) for kind in fleet.kinds)
-    uploads = lora_bytes(profile)
-    can_train = tuple(sum(k.count for k in kinds if k.takes_part and _fits_alone(profile, k, uploads, j))
+    options = checked_ranks(ranks, profile.rank)
+    kinds = tuple(plan_kind(profile, kind, values, options) for kind in fleet.kinds)
+    reach_uploads = lowest_option_uploads(profile, options)
+    can_train = tuple(sum(k.count for k in kinds if k.takes_part and _fits_alone(profile, k, reach_uploads, j))
                       for j in range(n))
     assigned = tuple(sum(k.count for k in kinds if j in k.units) for j in range(n))
-    return FleetPlan(profile.model, profile.batch, profile.length, profile.dtype, profile.rank, profile.frozen,
-                     profile.fixed_mem, mem_of(profile, range(n)), uploads, values, kinds, can_train, assigned)
+    return FleetPlan(profile.model, profile.batch, profile.length, profile.dtype, profile.rank, options,
+                     profile.frozen, profile.fixed_mem, mem_of(profile, range(n)), lora_bytes(profile), values, kinds,
+                     can_train, assigned)
 
 
-def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...]) -> KindPlan:
-    """One kind's plan: takes part or why not, deepest unit, assignment, Mem, traffic, largest batch."""
+def checked_ranks(ranks: Sequence[int] | None, full: int) -> tuple[int, ...]:
+    """The rank options as a tuple, (full,) when None; ValueError unless ascending, distinct, in 1..full and
+    ending at full (the profiled rank, the costs' reference)."""
+    if ranks is None:
+        return (full,)
+    options = tuple(int(r) for r in ranks)
+    if not options or list(options) != sorted(set(options)) or options[0] < 1 or options[-1] != full:
+        raise ValueError(f"rank options must be ascending and distinct, from 1 up to the LoRA rank {full}, "
+                         f"got {list(options)}")
+    return options
+
+
+def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...],
+              ranks: tuple[int, ...] | None = None) -> KindPlan:
+    """One kind's plan: takes part or why not, deepest unit, assignment (units and their ranks), Mem,
+    traffic, largest batch; `ranks` as `checked_ranks` returns them (None: the profiled rank alone)."""
+    ranks = ranks or (profile.rank,)
     memory, upload = budget_bytes(kind.memory, profile), parse_upload(kind.upload)
     uploads, head_weights = lora_bytes(profile), head_bytes(profile)
     common = dict(name=kind.name, count=kind.count, memory_budget=memory, upload_budget=upload,
@@ -94,11 +124,21 @@ def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...])
         return KindPlan(**common, takes_part=False, deepest_unit=None, units=(), value=0.0, mem_bytes=0,
                         upload_bytes=0, download_bytes=0,
                         reason="memory below the frozen model + head training (head-only cost)")
-    chosen = solve_assignment(values, profile.path_mem, profile.unit_mem, profile.fixed_mem, memory, uploads, upload)
-    return KindPlan(**common, takes_part=True, deepest_unit=deepest_unit(profile, memory, uploads, upload),
-                    units=chosen.units, value=chosen.value, mem_bytes=chosen.mem_bytes,
-                    upload_bytes=chosen.upload_bytes + head_weights, download_bytes=sum(uploads) + head_weights,
+    option_mem, option_upload = option_costs(profile, uploads, ranks)
+    reach_uploads = lowest_option_uploads(profile, ranks)
+    option_values = np.array(values)[:, None] * rank_shares(None, ranks)
+    chosen = solve_rank_assignment(option_values, profile.path_mem, option_mem, profile.fixed_mem, memory,
+                                   option_upload, upload, *knapsack_grids(profile, uploads, ranks))
+    return KindPlan(**common, takes_part=True, deepest_unit=deepest_unit(profile, memory, reach_uploads, upload),
+                    units=chosen.units, ranks=tuple(ranks[o] for o in chosen.options), value=chosen.value,
+                    mem_bytes=chosen.mem_bytes, upload_bytes=chosen.upload_bytes + head_weights,
+                    download_bytes=sum(uploads) + head_weights,
                     reason="" if chosen.units else "no unit fits: trains the head only")
+
+
+def lowest_option_uploads(profile: CostProfile, ranks: tuple[int, ...]) -> tuple[int, ...]:
+    """Bytes each unit uploads at the lowest rank option."""
+    return tuple(int(u) for u in option_costs(profile, lora_bytes(profile), ranks[:1])[1][:, 0])
 
 
 def head_bytes(profile: CostProfile) -> int:

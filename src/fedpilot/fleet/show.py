@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedpilot.config import ConfigError
-from fedpilot.fleet.planner import FleetPlan, plan_fleet
+from fedpilot.fleet.planner import FleetPlan, checked_ranks, plan_fleet
 from fedpilot.fleet.spec import load_fleet
 from fedpilot.memory.cost import GiB, human
 from fedpilot.memory.plot import model_label
@@ -30,11 +30,26 @@ def unit_ranges(units: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
+def ranked_units(units: Sequence[int], ranks: Sequence[int], single_rank: bool) -> str:
+    """Units with their ranks: runs of consecutive units at one rank, "0-3 r8, 4-5 r4"; plain ranges when the
+    plan has one rank option; "head only" for none."""
+    if single_rank or not units:
+        return unit_ranges(units)
+    parts, start = [], 0
+    for i in range(1, len(units) + 1):
+        if i == len(units) or units[i] != units[i - 1] + 1 or ranks[i] != ranks[start]:
+            parts.append(f"{unit_ranges(units[start:i])} r{ranks[start]}")
+            start = i
+    return ", ".join(parts)
+
+
 def kinds_table(plan: FleetPlan) -> Table:
     """Per kind: budgets, whether it takes part, deepest unit, assignment, Mem, traffic, largest batch."""
     table = Table(title=f"plan: {model_label(plan.model)}, batch {plan.batch}, length {plan.length}, {plan.dtype}, "
                         f"LoRA r={plan.rank}; frozen model {human(plan.frozen_bytes)}, head only "
-                        f"{human(plan.head_only_bytes)}, every unit {human(plan.all_units_bytes)}")
+                        f"{human(plan.head_only_bytes)}, every unit {human(plan.all_units_bytes)}"
+                        + (f"; rank options {', '.join(map(str, plan.rank_options))}" if len(plan.rank_options) > 1
+                           else ""))
     for column in ("kind", "clients", "memory", "upload", "deepest unit", "assigned units", "Mem",
                    "up / round", "down / round", "batch, all units"):
         table.add_column(column, justify="left" if column in ("kind", "assigned units") else "right")
@@ -46,7 +61,8 @@ def kinds_table(plan: FleetPlan) -> Table:
             continue
         deepest = "-" if kind.deepest_unit is None else str(kind.deepest_unit)
         table.add_row(kind.name, str(kind.count), human(kind.memory_budget), upload, deepest,
-                      unit_ranges(kind.units), human(kind.mem_bytes), human(kind.upload_bytes),
+                      ranked_units(kind.units, kind.ranks, len(plan.rank_options) == 1), human(kind.mem_bytes),
+                      human(kind.upload_bytes),
                       human(kind.download_bytes), str(kind.largest_batch_all_units) or "0")
     return table
 
@@ -113,15 +129,26 @@ def unit_values(scores_run: Path | None, num_units: int) -> list[float] | None:
     return scores
 
 
+def rank_options(text: str | None, rank: int) -> tuple[int, ...] | None:
+    """`--ranks 2,4,8` as ascending rank options up to `rank` (None: `rank` alone); ConfigError when malformed."""
+    if text is None:
+        return None
+    try:
+        return checked_ranks([int(part) for part in text.split(",")], rank)
+    except ValueError as error:
+        raise ConfigError(f"--ranks {text!r}: comma-separated whole ranks; {error}") from None
+
+
 def run_plan_command(model: str, batch: int, seq: int, dtype: str, rank: int, fleet_file: Path,
-                     scores_run: Path | None, out: Path, console: Console) -> FleetPlan:
+                     scores_run: Path | None, out: Path, console: Console, ranks: str | None = None) -> FleetPlan:
     """`fedpilot plan`: read the fleet, profile the model on meta (or read the cache), plan, print, write."""
     from fedpilot.memory.profiler import profile
 
+    options = rank_options(ranks, rank)
     fleet = load_fleet(fleet_file)
     started = time.perf_counter()
     cost = profile(model, batch, seq, None, dtype, rank, None, "meta")
-    plan = plan_fleet(cost, fleet, unit_values(scores_run, cost.num_units))
+    plan = plan_fleet(cost, fleet, unit_values(scores_run, cost.num_units), options)
     console.print(kinds_table(plan))
     console.print(coverage_table(plan))
     values = f"global IG-Scores of {scores_run}" if scores_run else "uniform unit values"

@@ -27,21 +27,13 @@ from fedpilot.assign.ig_score import (combined_values, full_rank_scores, normali
 from fedpilot.assign.budgets import ClientBudget
 from fedpilot.assign.knapsack import RankAssignment, solve_rank_assignment
 from fedpilot.assign.modules import solve_module_assignment
+from fedpilot.assign.options import knapsack_grids, option_costs, option_savings
 from fedpilot.client import ClientUpdate, Plan
-from fedpilot.models.rank import unit_saving
 from fedpilot.strategies.base import State, Strategy, StrategyContext
 
 LAMBDA_OF_VALUE = {"local": 1.0, "global": 0.0}
-GRID_STEPS_PER_UNIT = 64
-"""Cost grids are at most 1/64 of the smallest unit cost, so where the knapsack must round costs up (its
-rounded-down optimum does not fit in bytes), each unit loses <= 1.6 %."""
 UNSCORED_VALUES = ("uniform", "random")
 """Values that need no IG-Scores from the clients."""
-
-
-def cost_grid(costs: tuple[int, ...], cap: int) -> int:
-    """Grid for the knapsack: fine enough for the smallest unit, never coarser than `cap` bytes."""
-    return max(1, min(cap, min(costs) // GRID_STEPS_PER_UNIT))
 
 
 class FedPilot(Strategy):
@@ -115,27 +107,15 @@ class FedPilot(Strategy):
             values[j] = value * rank_shares(scores.get(j), self.ranks)
         return values
 
-    def option_savings(self) -> np.ndarray:
-        """(units x rank options) bytes each rank option saves against full rank (`unit_saving`)."""
-        profile, upload = self.context.profile, self.context.unit_upload
-        return np.array([[unit_saving(profile, j, upload, r) for r in self.ranks]
-                         for j in range(self.context.num_units)])
-
-    def option_costs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(units x rank options) memory bytes (unit term of Mem) and upload bytes."""
-        upload, full = self.context.unit_upload, self.context.config.lora.rank
-        memory = np.array(self.context.profile.unit_mem)[:, None] - self.option_savings()
-        uploads = np.array([[upload[j] * r // full for r in self.ranks] for j in range(self.context.num_units)])
-        return memory, uploads
-
     def solve(self, values: np.ndarray, budget: ClientBudget, grids: tuple[int, int]) -> RankAssignment:
         """The knapsack optimum of one client: over units, or over blocks of module units
         (`assign/modules.py`) at module granularity."""
         profile = self.context.profile
-        memory, uploads = self.option_costs()
+        memory, uploads = option_costs(profile, self.context.unit_upload, self.ranks)
         if profile.blocks:
             return solve_module_assignment(values, profile.blocks, profile.lowest_mem, profile.above, profile.fixed_mem,
-                                           budget.memory, self.option_savings(), uploads, budget.upload, *grids)
+                                           budget.memory, option_savings(profile, self.context.unit_upload, self.ranks),
+                                           uploads, budget.upload, *grids)
         return solve_rank_assignment(values, profile.path_mem, memory, profile.fixed_mem, budget.memory, uploads,
                                      budget.upload, *grids)
 
@@ -146,8 +126,7 @@ class FedPilot(Strategy):
         self.sampled[round_number] = len(clients)
         self.eligible[round_number] = {j: sum(j in units for units in affordable.values())
                                        for j in range(self.context.num_units)}
-        _, uploads = self.option_costs()
-        grids = cost_grid(profile.unit_mem, 2**20), cost_grid(tuple(int(u) for u in uploads[:, 0]), 4096)
+        grids = knapsack_grids(profile, self.context.unit_upload, self.ranks)
         plans = {}
         for client in clients:
             values = self.option_values(round_number, client, affordable[client])
