@@ -112,3 +112,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def ceil_div(nbytes, grid: int):
+    """Bytes rounded up to grid cells (the knapsack module docstring's rounding up)."""
+    import numpy as np
+
+    return -(-np.asarray(nbytes, dtype=np.int64) // grid)
+
+
+def option_cells(nbytes, grid: int, values, down: bool):
+    """Option costs in cells as the knapsack's passes round them: up, or (`down`) down where the option's value
+    is positive and up where it is 0."""
+    import numpy as np
+
+    up = ceil_div(nbytes, grid)
+    if not down:
+        return up
+    return np.where(np.asarray(values) > 0, np.asarray(nbytes, dtype=np.int64) // grid, up)

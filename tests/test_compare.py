@@ -111,16 +111,17 @@ def fake_study(tmp_path: Path):
 
 def test_final_accuracy_and_test_verdicts_use_the_whole_test_split_where_runs_evaluated_it(tmp_path):
     study, runs = fake_study(tmp_path)
-    whole = {"fedavg-full-20newsgroups-iid-s0": 0.85, "fedavg-full-20newsgroups-iid-s1": 0.75,
-             "fedpilot-20newsgroups-iid-s0": 0.80, "fedpilot-20newsgroups-iid-s1": 0.70}
+    whole = {"fedavg-full-20newsgroups-iid-s0": 0.86, "fedavg-full-20newsgroups-iid-s1": 0.76,
+             "fedpilot-20newsgroups-iid-s0": 0.81, "fedpilot-20newsgroups-iid-s1": 0.71}
     for run in runs:
         summary = json.loads((run.run_dir / "summary.json").read_text())
         (run.run_dir / "summary.json").write_text(json.dumps({**summary, "final_test_accuracy_full": whole[run.name]}))
     compare.write_results(study, runs, QUIET)
     rows = {row["method"]: row for row in csv.DictReader((tmp_path / "results/t/table.csv").open())}
-    assert float(rows["fedavg-full"]["final_acc_mean"]) == pytest.approx(0.80)
-    assert float(rows["fedpilot"]["final_acc_mean"]) == pytest.approx(0.75)
+    assert float(rows["fedavg-full"]["final_acc_mean"]) == pytest.approx(0.81)
+    assert float(rows["fedpilot"]["final_acc_mean"]) == pytest.approx(0.76)
     assert float(rows["fedpilot"]["best_acc_mean"]) == pytest.approx(0.79)  # the per-round subset's best
+    assert float(rows["fedpilot"]["rounds_to_95pct_ref"]) == 2.5  # subset curves against the subset reference 0.8
     paired = next(csv.DictReader((tmp_path / "results/t/paired.csv").open()))
     assert float(paired["mean_diff"]) == pytest.approx(0.05) and paired["verdict"] == "ahead"  # +5 points in both seeds
     assert compare.final_test_accuracy({"final_accuracy": None, "final_test_accuracy_full": 0.1}) is None

@@ -57,10 +57,10 @@ def test_local_scores_steer_the_choice_when_upload_binds():
 
 
 def test_an_upload_bound_client_covers_every_unit_at_a_lower_rank():
-    # upload for one full-rank unit (1000 B) = four units at rank 2 (250 B each; 12 B to spare for the
-    # knapsack's rounding up); the scores say rank 2 keeps 70% of a unit's value, so four units at
-    # rank 2 (2.8) beat one at rank 8 (1.0)
-    budgets = [ClientBudget(0, 10**12, 1012)]
+    # upload for one full-rank unit (1000 B) = four units at rank 2 (250 B each, exactly the budget: the
+    # knapsack's rounded-down pass finds them); the scores say rank 2 keeps 70% of a unit's value, so four
+    # units at rank 2 (2.8) beat one at rank 8 (1.0)
+    budgets = [ClientBudget(0, 10**12, 1000)]
     strategy = make_strategy("fedpilot", context(budgets, "strategy.value=local", "strategy.bonus=false",
                                                  "strategy.ranks=[2, 4, 8]"))
     assert strategy.ranks == (2, 4, 8)

@@ -5,20 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import ceil_div, option_cells
 from fedpilot.assign.knapsack import Assignment, memory_of, solve_assignment
 
 MiB = 2**20
 INSTANCES_PER_CASE = 400
-
-
-def ceil_div(nbytes: np.ndarray, grid: int) -> np.ndarray:
-    """Bytes rounded up to grid cells, as the module docstring specifies."""
-    return -(-np.asarray(nbytes, dtype=np.int64) // grid)
-
-
-def floor_div(nbytes: np.ndarray, grid: int) -> np.ndarray:
-    """Bytes rounded down to grid cells."""
-    return np.asarray(nbytes, dtype=np.int64) // grid
 
 
 def random_instance(rng: np.random.Generator, realistic: bool, upload: bool, integer_values: bool) -> dict:
@@ -45,29 +36,23 @@ def random_instance(rng: np.random.Generator, realistic: bool, upload: bool, int
     return case
 
 
-def unit_cells(nbytes: np.ndarray, grid: int, values: np.ndarray, down: bool) -> np.ndarray:
-    """A unit's cells above the lowest: rounded up, or rounded down (`down`) where its value is positive."""
-    return np.where(np.asarray(values) > 0, floor_div(nbytes, grid), ceil_div(nbytes, grid)) if down else ceil_div(
-        nbytes, grid)
-
-
 def brute_force(case: dict, down: bool = False) -> list[tuple[float, int, int, tuple[int, ...]]]:
     """Every set feasible with its costs rounded up (down: as the module docstring's pass 1 rounds them) as
     (value, memory cells, upload cells, units); the empty set is checked in bytes."""
     values = np.asarray(case["values"])
-    n, grid, div = values.size, case["mem_grid"], floor_div if down else ceil_div
+    n, grid = values.size, case["mem_grid"]
     masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
     lowest = np.argmax(masks, axis=1) if n else np.zeros(1, int)
     unit = np.asarray(case["unit_mem"], dtype=np.int64)
-    base = div(case["fixed_mem"] + np.asarray(case["path_mem"], dtype=np.int64) + unit, grid)
-    cells = unit_cells(unit, grid, values, down)
+    base = option_cells(case["fixed_mem"] + np.asarray(case["path_mem"], dtype=np.int64) + unit, grid, values, down)
+    cells = option_cells(unit, grid, values, down)
     mem = masks @ cells + (base[lowest] - cells[lowest] if n else 0)
-    mem[0] = div(case["fixed_mem"], grid)
+    mem[0] = case["fixed_mem"] // grid if down else ceil_div(case["fixed_mem"], grid)
     up = np.zeros(2**n, np.int64)
     fits = mem <= case["mem_budget"] // grid
     fits[0] = case["fixed_mem"] <= case["mem_budget"]
     if case.get("upload_budget") is not None:
-        up = masks @ unit_cells(case["unit_upload"], case["upload_grid"], values, down)
+        up = masks @ option_cells(case["unit_upload"], case["upload_grid"], values, down)
         fits &= up <= case["upload_budget"] // case["upload_grid"]
     value = masks @ values
     return [(float(value[i]), int(mem[i]), int(up[i]), tuple(np.flatnonzero(masks[i]).tolist()))
@@ -179,6 +164,11 @@ def test_a_worthless_unit_does_not_ride_along_on_rounding_down() -> None:
     # {0, 2} (9 bytes = the budget) is found
     assert solve_assignment([1.0, 0.0, 1.0], [0, 0, 0], [4, 3, 5], 0, 9, mem_grid=4) == Assignment((0, 2), 2.0, 9, 0)
     assert solve_assignment([1.0, 0.0, 1.0], [0, 0, 0], [4, 3, 5], 0, 12, mem_grid=4).units == (0, 2)
+
+
+def test_a_worthless_lowest_unit_does_not_ride_along_either() -> None:
+    # rounded down, unit 0 (value 0) as the lowest would cost floor(7 / 4) = 1 cell, as little as unit 1 alone
+    assert solve_assignment([0.0, 1.0], [6, 4], [1, 1], 0, 8, mem_grid=4) == Assignment((1,), 1.0, 5, 0)
 
 
 def test_rounding_never_exceeds_real_budget() -> None:

@@ -40,7 +40,7 @@ def test_each_kind_gets_exactly_the_knapsack_assignment(values):
     for kind, memory, upload in zip(plan.kinds[1:], (150 * MiB, 190 * MiB, mem_of(PROFILE, range(N))),
                                     (100 * KiB, 1_000_000, None)):
         expected = solve_assignment(weights, PROFILE.path_mem, PROFILE.unit_mem, PROFILE.fixed_mem, memory,
-                                    lora_bytes(PROFILE), upload)
+                                    lora_bytes(PROFILE), upload, *knapsack_grids(PROFILE, lora_bytes(PROFILE), (8,)))
         assert (kind.memory_budget, kind.upload_budget) == (memory, upload)
         assert (kind.units, kind.mem_bytes) == (expected.units, expected.mem_bytes)
         assert kind.upload_bytes == expected.upload_bytes + head_bytes(PROFILE)
@@ -54,8 +54,9 @@ def test_rank_options_plan_what_the_rank_knapsack_assigns_with_fedpilots_costs_a
     memory, uploads = option_costs(PROFILE, lora_bytes(PROFILE), ranks)
     values = np.array([0.1, 0.5, 0.05, 0.2, 0.3, 0.4])[:, None] * np.array([0.25, 0.5, 1.0])
     for kind in plan.kinds[1:]:
+        grids = knapsack_grids(PROFILE, lora_bytes(PROFILE), ranks)
         expected = solve_rank_assignment(values, PROFILE.path_mem, memory, PROFILE.fixed_mem, kind.memory_budget,
-                                         uploads, kind.upload_budget, *knapsack_grids(PROFILE, lora_bytes(PROFILE), ranks))
+                                         uploads, kind.upload_budget, *grids)
         assert (kind.units, kind.ranks) == (expected.units, tuple(ranks[o] for o in expected.options))
         assert kind.upload_bytes == expected.upload_bytes + head_bytes(PROFILE)
     # 108 KiB of upload carries two units at rank 8 (48 KiB each): the best two (values 0.5, 0.4), and in the
@@ -67,13 +68,25 @@ def test_rank_options_plan_what_the_rank_knapsack_assigns_with_fedpilots_costs_a
     assert kind.upload_bytes == (48 + 12 + 48) * KiB + head_bytes(PROFILE)
     assert plan_fleet(PROFILE, thin, values).kinds[0].units == (1, 5)
     assert plan.rank_options == ranks and json.loads(json.dumps(plan.to_json()))["kinds"][1]["ranks"] == [8, 8]
+    # reach counts a unit at the lowest rank: 20 KiB of upload carries no unit at rank 8 (48 KiB), one at rank 2
+    narrow = Fleet.model_validate({"kinds": [{"name": "narrow", "count": 3, "memory": "100%", "upload": "20KiB"}]})
+    full_rank, low_rank = plan_fleet(PROFILE, narrow), plan_fleet(PROFILE, narrow, None, ranks)
+    assert (full_rank.kinds[0].deepest_unit, full_rank.can_train) == (None, (0,) * N)
+    assert (low_rank.kinds[0].deepest_unit, low_rank.can_train) == (0, (3,) * N)
+    assert len(low_rank.kinds[0].units) == 1 and low_rank.unit_upload_bytes == lora_bytes(PROFILE)
+    # memory at the lowest rank: a budget of Mem({2}) at rank 2 reaches unit 2, which rank 8 does not
+    saving = (8 - 2) * (PROFILE.state[2] + lora_bytes(PROFILE)[2]) / 8
+    tight = Fleet.model_validate({"kinds": [{"name": "tight", "count": 1,
+                                             "memory": f"{int(mem_of(PROFILE, [2]) - saving)}B"}]})
+    assert plan_fleet(PROFILE, tight).kinds[0].deepest_unit == 3
+    assert plan_fleet(PROFILE, tight, None, ranks).kinds[0].deepest_unit == 2
     assert ranked_units((0, 1, 2, 4, 5), (8, 8, 4, 4, 4), False) == "0-1 r8, 2 r4, 4-5 r4"
     assert ranked_units((0, 1), (8, 8), True) == "0-1" and ranked_units((), (), False) == "head only"
 
 
 @pytest.mark.parametrize("ranks", [[8, 4], [2, 4], [0, 8], [4, 4, 8], []])
 def test_rank_options_must_ascend_to_the_lora_rank(ranks):
-    with pytest.raises(ValueError, match="rank options must be ascending and distinct, from 1 up to the LoRA rank 8"):
+    with pytest.raises(ValueError, match=r"rank options must be ascending, distinct, within 1..8 and end at 8"):
         plan_fleet(PROFILE, FLEET, None, ranks)
 
 

@@ -7,20 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
+from conftest import ceil_div, option_cells
 from fedpilot.assign.knapsack import RankAssignment, solve_assignment, solve_rank_assignment
 
 MiB = 2**20
 INSTANCES_PER_CASE = 300
-
-
-def ceil_div(nbytes: np.ndarray | int, grid: int) -> np.ndarray:
-    """Bytes rounded up to grid cells, as the module docstring specifies."""
-    return -(-np.asarray(nbytes, dtype=np.int64) // grid)
-
-
-def floor_div(nbytes: np.ndarray | int, grid: int) -> np.ndarray:
-    """Bytes rounded down to grid cells."""
-    return np.asarray(nbytes, dtype=np.int64) // grid
 
 
 def random_instance(rng: np.random.Generator, upload: bool, integer_values: bool, coarse: bool) -> dict:
@@ -50,22 +41,17 @@ def all_choices(n: int, m: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(len(rows), n)
 
 
-def unit_cells(nbytes: np.ndarray, grid: int, values: np.ndarray, down: bool) -> np.ndarray:
-    """Option costs above the lowest unit in cells: rounded up, or rounded down (`down`) where the value is positive."""
-    return np.where(values > 0, floor_div(nbytes, grid), ceil_div(nbytes, grid)) if down else ceil_div(nbytes, grid)
-
-
 def brute_force(case: dict, down: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Choices feasible with costs rounded up (down: as the module docstring's pass 1 rounds them), with their
     value, memory cells and upload cells (empty set checked in bytes)."""
     values = np.asarray(case["values"], dtype=float)
     n, m = values.shape
-    div = floor_div if down else ceil_div
     choices = all_choices(n, m)
     taken, option = choices >= 0, np.maximum(choices, 0)
     unit = np.asarray(case["unit_mem"], dtype=np.int64)
-    cells = unit_cells(unit, case["mem_grid"], values, down)
-    base = div(case["fixed_mem"] + np.asarray(case["path_mem"], dtype=np.int64)[:, None] + unit, case["mem_grid"])
+    cells = option_cells(unit, case["mem_grid"], values, down)
+    base = option_cells(case["fixed_mem"] + np.asarray(case["path_mem"], dtype=np.int64)[:, None] + unit,
+                        case["mem_grid"], values, down)
     rows, cols = np.arange(choices.shape[0]), np.arange(n)
     lowest = np.argmax(taken, axis=1) if n else np.zeros(rows.size, np.int64)
     lowest_option = option[rows, lowest] if n else lowest
@@ -73,12 +59,12 @@ def brute_force(case: dict, down: bool = False) -> tuple[np.ndarray, np.ndarray,
     if n:
         mem += base[lowest, lowest_option] - cells[lowest, lowest_option]
     empty = ~taken.any(axis=1)
-    mem[empty] = div(case["fixed_mem"], case["mem_grid"])
+    mem[empty] = case["fixed_mem"] // case["mem_grid"] if down else ceil_div(case["fixed_mem"], case["mem_grid"])
     fits = mem <= case["mem_budget"] // case["mem_grid"]
     fits[empty] = case["fixed_mem"] <= case["mem_budget"]
     up = np.zeros(rows.size, np.int64)
     if case.get("upload_budget") is not None:
-        up = np.where(taken, unit_cells(case["unit_upload"], case["upload_grid"], values, down)[cols, option],
+        up = np.where(taken, option_cells(case["unit_upload"], case["upload_grid"], values, down)[cols, option],
                       0).sum(axis=1)
         fits &= up <= case["upload_budget"] // case["upload_grid"]
     value = np.where(taken, values[cols, option], 0.0).sum(axis=1)

@@ -324,8 +324,7 @@ def plan(
     dtype: Annotated[str, typer.Option(help="fp32 or bf16 (weights and activations)")] = "bf16",
     rank: Annotated[int, typer.Option(help="LoRA rank")] = 8,
     ranks: Annotated[Optional[str], typer.Option(help="rank options the knapsack may give a unit, e.g. 2,4,8 "
-                                                      "(ascending, ending at --rank; default --rank alone), as "
-                                                      "strategy.ranks")] = None,
+                                                      "(ascending, ending at --rank; default --rank alone)")] = None,
     scores: Annotated[Optional[Path], typer.Option(help="run directory whose last global IG-Scores value the "
                                                         "units (default: uniform values)")] = None,
     out: Annotated[Path, typer.Option(help="folder for plan.json and plan.png")] = Path("results/plan"),

@@ -28,11 +28,11 @@ and the costs rounded by a function r, either floor or ceil:
 (S, o) with lowest unit k is r-feasible iff b_{k o_k} + sum_{j in S, j > k} w_{j o_j} <= B and
 sum_{j in S} u_{j o_j} <= U; the empty set is feasible iff fixed_mem <= mem_budget.
 
-  1. Rounded down (a relaxation): b_{ko} rounded down, and w_{jo}, u_{jo} rounded down for options of
-     positive value (up for value 0, so that a worthless unit never rides along for free). A sum of
-     floors is at most the floor of the sum, and an optimum loses nothing by dropping its value-0
-     units, so some optimum in bytes is floor-feasible: the floor optimum is worth at least the
-     true optimum. If it fits in bytes (checked on its true costs), it is the exact optimum in bytes.
+  1. Rounded down (a relaxation): b_{ko}, w_{jo} and u_{jo} rounded down for options of positive
+     value, up for value 0 (so that a worthless unit never rides along for free). A sum of floors
+     is at most the floor of the sum, and an optimum loses nothing by dropping its value-0 units,
+     so some optimum in bytes is feasible here: the pass's optimum is worth at least the true
+     optimum. If it fits in bytes (checked on its true costs), it is the exact optimum in bytes.
   2. Otherwise, rounded up (conservative): every rounded term is >= its bytes / grid, so every
      ceil-feasible choice fits in bytes; the answer is the exact optimum on rounded-up costs, worth
      at most what rounding up loses (<= one cell per unit) below the true optimum.
@@ -53,10 +53,10 @@ Both are exact. States never exceed the largest spare cells of any feasible lowe
 (nor the sum of every unit's largest cells), and units below the lowest feasible k are never visited.
 
 Ties, broken deterministically in this order (cells as rounded in the pass that answered): larger
-value (as the DP sums it, top unit first), fewer memory cells, fewer upload cells (two resources only), lexicographically smallest tuple of
-(unit, option) pairs sorted by unit; so a lower unit beats a higher one, and the same unit at a
-lower option beats it at a higher one. Hence the empty set (head only) is returned whenever no
-positive-value choice fits.
+value (as the DP sums it, top unit first), fewer memory cells, fewer upload cells (two resources
+only), lexicographically smallest tuple of (unit, option) pairs sorted by unit; so a lower unit
+beats a higher one, and the same unit at a lower option beats it at a higher one. Hence the empty
+set (head only) is returned whenever no positive-value choice fits.
 """
 
 from __future__ import annotations
@@ -213,13 +213,12 @@ def _solve_on_cells(
     true costs in bytes."""
     value, base_bytes, unit, upload = costs
     (budget, up_budget), (grid, up_grid) = budgets, grids
-    base = base_bytes // grid if down else _cells(base_bytes, grid)
-    cells = _unit_cells(unit, grid, value, down)
+    base, cells = _option_cells(base_bytes, grid, value, down), _option_cells(unit, grid, value, down)
     if up_budget is None:
         up_cells = np.zeros(value.shape, np.int64)
         candidates, choice = _memory_dp(value, base, cells, budget // grid)
     else:
-        up_cells = _unit_cells(upload, up_grid, value, down)
+        up_cells = _option_cells(upload, up_grid, value, down)
         candidates, choice = _memory_upload_dp(value, base, cells, budget // grid, up_cells, up_budget // up_grid)
     chosen = _pick(candidates)
     if chosen is None:
@@ -403,9 +402,9 @@ def _cells(nbytes: np.ndarray | int, grid: int) -> np.ndarray:
     return -(-np.asarray(nbytes, dtype=np.int64) // grid)
 
 
-def _unit_cells(nbytes: np.ndarray, grid: int, value: np.ndarray, down: bool) -> np.ndarray:
+def _option_cells(nbytes: np.ndarray, grid: int, value: np.ndarray, down: bool) -> np.ndarray:
     """Per-option byte counts in grid cells: rounded up, or when `down` rounded down where the option has
-    positive value (a value-0 option stays rounded up)."""
+    positive value (a value-0 option stays rounded up, as the lowest unit or above it)."""
     up = _cells(nbytes, grid)
     return np.where(value > 0, nbytes // grid, up) if down else up
 

@@ -2,7 +2,7 @@
 
 A unit trained at rank r instead of the profiled rank R saves (1 - r / R) of its LoRA state and
 weights (`models.rank.unit_saving`) and uploads r / R of its weights. The fedpilot strategy and
-`fedpilot plan` both solve the knapsack on these costs and grids, so a plan is what a run assigns.
+`fedpilot plan` both solve the knapsack on these costs and grids.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def option_costs(profile: CostProfile, weight_bytes: Sequence[int],
 
 
 def knapsack_grids(profile: CostProfile, weight_bytes: Sequence[int], ranks: Sequence[int]) -> tuple[int, int]:
-    """(memory, upload) grids in bytes: `cost_grid` of the units' memory costs (at most 1 MiB) and of their
-    uploads at the lowest rank option (at most 4 KiB)."""
+    """(memory, upload) grids in bytes: `cost_grid` of the units' memory costs at rank R (`unit_mem`, at most
+    1 MiB) and of their uploads at the lowest rank option (at most 4 KiB)."""
     _, uploads = option_costs(profile, weight_bytes, ranks)
     return cost_grid(profile.unit_mem, 2**20), cost_grid([int(u) for u in uploads[:, 0]], 4096)

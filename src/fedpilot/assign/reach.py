@@ -15,8 +15,15 @@ from fedpilot.memory.cost import CostProfile, mem_of
 def deepest_unit(profile: CostProfile, memory: int, unit_upload: Sequence[int], upload: int | None) -> int | None:
     """The lowest unit k with Mem({k}) <= memory and its upload within `upload` (bytes; None = unlimited),
     or None when no unit fits (the client trains the head only)."""
-    for k in range(profile.num_units):
-        if mem_of(profile, [k]) <= memory and (upload is None or unit_upload[k] <= upload):
+    return lowest_fitting([mem_of(profile, [k]) for k in range(profile.num_units)], unit_upload, memory, upload)
+
+
+def lowest_fitting(alone_mem: Sequence[float], unit_upload: Sequence[float], memory: float,
+                   upload: float | None) -> int | None:
+    """The lowest unit k whose Mem({k}) (`alone_mem[k]`) and upload fit `memory` and `upload` (bytes; None =
+    unlimited), or None when none does."""
+    for k, (needed, sent) in enumerate(zip(alone_mem, unit_upload)):
+        if needed <= memory and (upload is None or sent <= upload):
             return k
     return None
 

@@ -5,8 +5,8 @@ unit it can train, the knapsack's assignment (`assign.knapsack.solve_rank_assign
 LoRA rank options, on the costs and grids the fedpilot strategy uses, `assign.options`) under given
 unit values, its Mem and traffic per round, and the largest batch at which it could train every
 unit. A unit's value at rank option r is its value times r / R, as fedpilot values a unit without
-scores. Reach (deepest unit, `can_train`) counts a unit's upload at the lowest rank option and its
-memory at rank R (an upper bound). Per unit: how many clients of the fleet can train it alone
+scores. Reach (deepest unit, `can_train`) counts a unit at the lowest rank option, as the strategy's
+affordable units do. Per unit: how many clients of the fleet can train it alone
 (`can_train`) and how many the assignments give it (`assigned`). All sizes are bytes.
 """
 
@@ -21,7 +21,7 @@ from fedpilot.assign.budgets import parse_upload
 from fedpilot.assign.ig_score import rank_shares
 from fedpilot.assign.knapsack import solve_rank_assignment
 from fedpilot.assign.options import knapsack_grids, option_costs
-from fedpilot.assign.reach import deepest_unit, lora_bytes, upload_units
+from fedpilot.assign.reach import lora_bytes, lowest_fitting, upload_units
 from fedpilot.fleet.spec import ClientKind, Fleet
 from fedpilot.memory.cost import CostProfile, budget_bytes, mem_of
 
@@ -89,9 +89,8 @@ def plan_fleet(profile: CostProfile, fleet: Fleet, values: Sequence[float] | Non
         raise ValueError(f"{len(values)} unit values for a model with {n} units")
     options = checked_ranks(ranks, profile.rank)
     kinds = tuple(plan_kind(profile, kind, values, options) for kind in fleet.kinds)
-    reach_uploads = lowest_option_uploads(profile, options)
-    can_train = tuple(sum(k.count for k in kinds if k.takes_part and _fits_alone(profile, k, reach_uploads, j))
-                      for j in range(n))
+    reach = lowest_option_reach(profile, options)
+    can_train = tuple(sum(k.count for k in kinds if k.takes_part and _fits_alone(reach, k, j)) for j in range(n))
     assigned = tuple(sum(k.count for k in kinds if j in k.units) for j in range(n))
     return FleetPlan(profile.model, profile.batch, profile.length, profile.dtype, profile.rank, options,
                      profile.frozen, profile.fixed_mem, mem_of(profile, range(n)), lora_bytes(profile), values, kinds,
@@ -105,8 +104,8 @@ def checked_ranks(ranks: Sequence[int] | None, full: int) -> tuple[int, ...]:
         return (full,)
     options = tuple(int(r) for r in ranks)
     if not options or list(options) != sorted(set(options)) or options[0] < 1 or options[-1] != full:
-        raise ValueError(f"rank options must be ascending and distinct, from 1 up to the LoRA rank {full}, "
-                         f"got {list(options)}")
+        raise ValueError(f"rank options must be ascending, distinct, within 1..{full} and end at {full} "
+                         f"(the LoRA rank), got {list(options)}")
     return options
 
 
@@ -125,20 +124,22 @@ def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...],
                         upload_bytes=0, download_bytes=0,
                         reason="memory below the frozen model + head training (head-only cost)")
     option_mem, option_upload = option_costs(profile, uploads, ranks)
-    reach_uploads = lowest_option_uploads(profile, ranks)
     option_values = np.array(values)[:, None] * rank_shares(None, ranks)
     chosen = solve_rank_assignment(option_values, profile.path_mem, option_mem, profile.fixed_mem, memory,
                                    option_upload, upload, *knapsack_grids(profile, uploads, ranks))
-    return KindPlan(**common, takes_part=True, deepest_unit=deepest_unit(profile, memory, reach_uploads, upload),
+    reach = lowest_option_reach(profile, ranks)
+    return KindPlan(**common, takes_part=True, deepest_unit=lowest_fitting(*reach, memory, upload),
                     units=chosen.units, ranks=tuple(ranks[o] for o in chosen.options), value=chosen.value,
                     mem_bytes=chosen.mem_bytes, upload_bytes=chosen.upload_bytes + head_weights,
                     download_bytes=sum(uploads) + head_weights,
                     reason="" if chosen.units else "no unit fits: trains the head only")
 
 
-def lowest_option_uploads(profile: CostProfile, ranks: tuple[int, ...]) -> tuple[int, ...]:
-    """Bytes each unit uploads at the lowest rank option."""
-    return tuple(int(u) for u in option_costs(profile, lora_bytes(profile), ranks[:1])[1][:, 0])
+def lowest_option_reach(profile: CostProfile, ranks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit j, Mem({j}) and its upload in bytes at the lowest rank option (at rank R: `mem_of(profile, [j])`
+    and `lora_bytes`)."""
+    memory, uploads = option_costs(profile, lora_bytes(profile), ranks[:1])
+    return profile.fixed_mem + np.array(profile.path_mem) + memory[:, 0], uploads[:, 0]
 
 
 def head_bytes(profile: CostProfile) -> int:
@@ -158,7 +159,7 @@ def largest_batch(profile: CostProfile, units: Sequence[int] | range, memory: in
     return low
 
 
-def _fits_alone(profile: CostProfile, kind: KindPlan, uploads: tuple[int, ...], unit: int) -> bool:
-    """Whether a kind could train `unit` on its own within both budgets."""
-    return mem_of(profile, [unit]) <= kind.memory_budget and (kind.upload_budget is None
-                                                              or uploads[unit] <= kind.upload_budget)
+def _fits_alone(reach: tuple[np.ndarray, np.ndarray], kind: KindPlan, unit: int) -> bool:
+    """Whether a kind could train `unit` on its own within both budgets (at the lowest rank option)."""
+    return bool(reach[0][unit] <= kind.memory_budget
+                and (kind.upload_budget is None or reach[1][unit] <= kind.upload_budget))

@@ -129,7 +129,7 @@ def unit_values(scores_run: Path | None, num_units: int) -> list[float] | None:
     return scores
 
 
-def rank_options(text: str | None, rank: int) -> tuple[int, ...] | None:
+def parse_ranks(text: str | None, rank: int) -> tuple[int, ...] | None:
     """`--ranks 2,4,8` as ascending rank options up to `rank` (None: `rank` alone); ConfigError when malformed."""
     if text is None:
         return None
@@ -144,7 +144,7 @@ def run_plan_command(model: str, batch: int, seq: int, dtype: str, rank: int, fl
     """`fedpilot plan`: read the fleet, profile the model on meta (or read the cache), plan, print, write."""
     from fedpilot.memory.profiler import profile
 
-    options = rank_options(ranks, rank)
+    options = parse_ranks(ranks, rank)
     fleet = load_fleet(fleet_file)
     started = time.perf_counter()
     cost = profile(model, batch, seq, None, dtype, rank, None, "meta")

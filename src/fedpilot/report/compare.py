@@ -215,7 +215,7 @@ def group_results(results: list[RunResult]) -> dict[tuple[str, str, str], list[R
 
 def table_rows(results: list[RunResult], reference_label: str | None, regime: str | None = None) -> list[dict[str, Any]]:
     """One row per (dataset, partition, method), labelled with the study's budget `regime` and the runs' learning
-    rate; rounds-to-95% against the reference's mean final accuracy."""
+    rate; rounds-to-95% against the reference's mean final accuracy on the per-round test subset."""
     groups = group_results(results)
     rows = []
     for (dataset, partition, method), members in groups.items():
