@@ -7,9 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FEDPILOT="${FEDPILOT:-.venv/bin/fedpilot}"
 JOBS="${JOBS:-2}"
-PARTS=(converged-20ng-memory converged-reference-20ng converged-20ng-upload)
-# Reuters R8 and Rotten Tomatoes join once their pilot (pilot-others-l16.yaml) has set their length:
-# converged-others.yaml and converged-reference-others.yaml, then add them here.
+# Reuters R8 and Rotten Tomatoes at the lengths their pilot gave (pilot-others-l16.yaml: 40 and 24 rounds).
+PARTS=(converged-20ng-memory converged-reference-20ng converged-20ng-upload
+       converged-reference-r8 converged-reference-rt converged-r8-upload converged-rt-upload)
 for part in "${PARTS[@]}"; do
     "$FEDPILOT" compare --study "configs/studies/$part.yaml" --jobs "$JOBS"
 done
