@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -23,8 +25,16 @@ UNIT_MAP = UnitMap(tuple(Unit(j, f"layer.{j}.", (f"layer.{j}.lora_A", f"layer.{j
 
 
 def context(budgets: list[ClientBudget], *overrides: str) -> StrategyContext:
+    """The synthetic profile, measured at the config's lora.rank."""
     config = load_config(None, ["strategy.name=fedpilot", *overrides])
-    return StrategyContext(UNIT_MAP, [10] * len(budgets), config, PROFILE, budgets, (1000,) * N)
+    profile = dataclasses.replace(PROFILE, rank=config.lora.rank)
+    return StrategyContext(UNIT_MAP, [10] * len(budgets), config, profile, budgets, (1000,) * N)
+
+
+def test_a_profile_at_another_rank_than_lora_rank_is_refused():
+    config = load_config(None, ["strategy.name=fedpilot", "lora.rank=4"])
+    with pytest.raises(ValueError, match="rank 8, but lora.rank is 4"):
+        StrategyContext(UNIT_MAP, [10], config, PROFILE, [ClientBudget(0, 10**12, None)], (1000,) * N)
 
 
 def test_every_plan_fits_its_budgets_and_weak_clients_get_high_units():

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedpilot.assign.knapsack import solve_assignment, solve_rank_assignment
-from fedpilot.assign.options import knapsack_grids, option_costs
+from fedpilot.assign.options import rank_options
 from fedpilot.assign.reach import deepest_unit, lora_bytes, upload_units
 from fedpilot.cli import app
 from fedpilot.config import ConfigError
@@ -40,7 +40,7 @@ def test_each_kind_gets_exactly_the_knapsack_assignment(values):
     for kind, memory, upload in zip(plan.kinds[1:], (150 * MiB, 190 * MiB, mem_of(PROFILE, range(N))),
                                     (100 * KiB, 1_000_000, None)):
         expected = solve_assignment(weights, PROFILE.path_mem, PROFILE.unit_mem, PROFILE.fixed_mem, memory,
-                                    lora_bytes(PROFILE), upload, *knapsack_grids(PROFILE, lora_bytes(PROFILE), (8,)))
+                                    lora_bytes(PROFILE), upload, *rank_options(PROFILE, lora_bytes(PROFILE), (8,)).grids)
         assert (kind.memory_budget, kind.upload_budget) == (memory, upload)
         assert (kind.units, kind.mem_bytes) == (expected.units, expected.mem_bytes)
         assert kind.upload_bytes == expected.upload_bytes + head_bytes(PROFILE)
@@ -51,12 +51,11 @@ def test_each_kind_gets_exactly_the_knapsack_assignment(values):
 def test_rank_options_plan_what_the_rank_knapsack_assigns_with_fedpilots_costs_and_grids():
     ranks = (2, 4, 8)
     plan = plan_fleet(PROFILE, FLEET, [0.1, 0.5, 0.05, 0.2, 0.3, 0.4], ranks)
-    memory, uploads = option_costs(PROFILE, lora_bytes(PROFILE), ranks)
+    costs = rank_options(PROFILE, lora_bytes(PROFILE), ranks)
     values = np.array([0.1, 0.5, 0.05, 0.2, 0.3, 0.4])[:, None] * np.array([0.25, 0.5, 1.0])
     for kind in plan.kinds[1:]:
-        grids = knapsack_grids(PROFILE, lora_bytes(PROFILE), ranks)
-        expected = solve_rank_assignment(values, PROFILE.path_mem, memory, PROFILE.fixed_mem, kind.memory_budget,
-                                         uploads, kind.upload_budget, *grids)
+        expected = solve_rank_assignment(values, PROFILE.path_mem, costs.memory, PROFILE.fixed_mem,
+                                         kind.memory_budget, costs.uploads, kind.upload_budget, *costs.grids)
         assert (kind.units, kind.ranks) == (expected.units, tuple(ranks[o] for o in expected.options))
         assert kind.upload_bytes == expected.upload_bytes + head_bytes(PROFILE)
     # 108 KiB of upload carries two units at rank 8 (48 KiB each): the best two (values 0.5, 0.4), and in the

@@ -8,6 +8,7 @@ weights (`models.rank.unit_saving`) and uploads r / R of its weights. The fedpil
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,27 +25,34 @@ def cost_grid(costs: Sequence[int], cap: int) -> int:
     return max(1, min(cap, min(costs) // GRID_STEPS_PER_UNIT))
 
 
-def option_savings(profile: CostProfile, weight_bytes: Sequence[int], ranks: Sequence[int]) -> np.ndarray:
-    """(units x rank options) bytes each option saves against the profiled rank (`unit_saving`).
+@dataclass(frozen=True)
+class RankOptions:
+    """The knapsack's options for every unit j and rank option r, as (units x rank options) bytes, and its grids.
+
+    savings: bytes option r saves against the profiled rank R (`unit_saving`).
+    memory: the unit term of Mem_r, unit_mem[j] minus the saving.
+    uploads: weight_bytes[j] r / R, rounded down (`weight_bytes[j]`: unit j's LoRA weights on the wire at rank R).
+    memory_grid: `cost_grid` of the units' memory costs at rank R (`unit_mem`), at most 1 MiB.
+    upload_grid: `cost_grid` of the uploads at the lowest rank option, at most 4 KiB."""
+
+    savings: np.ndarray
+    memory: np.ndarray
+    uploads: np.ndarray
+    memory_grid: int
+    upload_grid: int
+
+    @property
+    def grids(self) -> tuple[int, int]:
+        """(memory, upload) grids in bytes."""
+        return self.memory_grid, self.upload_grid
+
+
+def rank_options(profile: CostProfile, weight_bytes: Sequence[int], ranks: Sequence[int]) -> RankOptions:
+    """The costs and grids of training each unit of `profile` at each rank option in `ranks`.
 
     Raises ValueError for a rank outside 1..R."""
-    return np.array([[unit_saving(profile, j, weight_bytes, r) for r in ranks] for j in range(profile.num_units)])
-
-
-def option_costs(profile: CostProfile, weight_bytes: Sequence[int],
-                 ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(units x rank options) memory bytes (the unit term of Mem_r: unit_mem[j] minus the saving) and upload
-    bytes (weight_bytes[j] r / R, rounded down) of unit j at each rank option r; `weight_bytes[j]` is what
-    unit j's LoRA weights take on the wire at rank R.
-
-    Raises ValueError for a rank outside 1..R."""
-    memory = np.array(profile.unit_mem)[:, None] - option_savings(profile, weight_bytes, ranks)
+    savings = np.array([[unit_saving(profile, j, weight_bytes, r) for r in ranks] for j in range(profile.num_units)])
     uploads = np.array([[weight_bytes[j] * r // profile.rank for r in ranks] for j in range(profile.num_units)])
-    return memory, uploads
-
-
-def knapsack_grids(profile: CostProfile, weight_bytes: Sequence[int], ranks: Sequence[int]) -> tuple[int, int]:
-    """(memory, upload) grids in bytes: `cost_grid` of the units' memory costs at rank R (`unit_mem`, at most
-    1 MiB) and of their uploads at the lowest rank option (at most 4 KiB)."""
-    _, uploads = option_costs(profile, weight_bytes, ranks)
-    return cost_grid(profile.unit_mem, 2**20), cost_grid([int(u) for u in uploads[:, 0]], 4096)
+    return RankOptions(savings=savings, memory=np.array(profile.unit_mem)[:, None] - savings, uploads=uploads,
+                       memory_grid=cost_grid(profile.unit_mem, 2**20),
+                       upload_grid=cost_grid([int(u) for u in uploads[:, 0]], 4096))

@@ -20,7 +20,7 @@ import numpy as np
 from fedpilot.assign.budgets import parse_upload
 from fedpilot.assign.ig_score import rank_shares
 from fedpilot.assign.knapsack import solve_rank_assignment
-from fedpilot.assign.options import knapsack_grids, option_costs
+from fedpilot.assign.options import rank_options
 from fedpilot.assign.reach import lora_bytes, lowest_fitting, upload_units
 from fedpilot.fleet.spec import ClientKind, Fleet
 from fedpilot.memory.cost import CostProfile, budget_bytes, mem_of
@@ -123,10 +123,10 @@ def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...],
         return KindPlan(**common, takes_part=False, deepest_unit=None, units=(), value=0.0, mem_bytes=0,
                         upload_bytes=0, download_bytes=0,
                         reason="memory below the frozen model + head training (head-only cost)")
-    option_mem, option_upload = option_costs(profile, uploads, ranks)
+    costs = rank_options(profile, uploads, ranks)
     option_values = np.array(values)[:, None] * rank_shares(None, ranks)
-    chosen = solve_rank_assignment(option_values, profile.path_mem, option_mem, profile.fixed_mem, memory,
-                                   option_upload, upload, *knapsack_grids(profile, uploads, ranks))
+    chosen = solve_rank_assignment(option_values, profile.path_mem, costs.memory, profile.fixed_mem, memory,
+                                   costs.uploads, upload, *costs.grids)
     reach = lowest_option_reach(profile, ranks)
     return KindPlan(**common, takes_part=True, deepest_unit=lowest_fitting(*reach, memory, upload),
                     units=chosen.units, ranks=tuple(ranks[o] for o in chosen.options), value=chosen.value,
@@ -138,8 +138,8 @@ def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...],
 def lowest_option_reach(profile: CostProfile, ranks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Per unit j, Mem({j}) and its upload in bytes at the lowest rank option (at rank R: `mem_of(profile, [j])`
     and `lora_bytes`)."""
-    memory, uploads = option_costs(profile, lora_bytes(profile), ranks[:1])
-    return profile.fixed_mem + np.array(profile.path_mem) + memory[:, 0], uploads[:, 0]
+    costs = rank_options(profile, lora_bytes(profile), ranks[:1])
+    return profile.fixed_mem + np.array(profile.path_mem) + costs.memory[:, 0], costs.uploads[:, 0]
 
 
 def head_bytes(profile: CostProfile) -> int:

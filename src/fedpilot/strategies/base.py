@@ -24,7 +24,8 @@ State = dict[str, torch.Tensor]
 class StrategyContext:
     """What a strategy may know: units, client data sizes and budgets, the cost model, the config.
 
-    `unit_upload[j]` is the bytes unit j's LoRA tensors take on the wire.
+    `unit_upload[j]` is the bytes unit j's LoRA tensors take on the wire. Raises ValueError when the cost
+    profile was measured at another LoRA rank than `config.lora.rank` (the full rank R of every cost).
     """
 
     unit_map: UnitMap
@@ -33,6 +34,11 @@ class StrategyContext:
     profile: CostProfile
     budgets: list[ClientBudget]
     unit_upload: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.profile.rank != self.config.lora.rank:
+            raise ValueError(f"the cost profile was measured at LoRA rank {self.profile.rank}, "
+                             f"but lora.rank is {self.config.lora.rank}: profile the model at lora.rank")
 
     @property
     def num_units(self) -> int:

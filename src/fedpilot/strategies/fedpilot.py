@@ -15,6 +15,7 @@ Ablations are config switches: `value`, `score`, `score_estimate`, `global_norm`
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from fedpilot.assign.ig_score import (combined_values, full_rank_scores, normali
 from fedpilot.assign.budgets import ClientBudget
 from fedpilot.assign.knapsack import RankAssignment, solve_rank_assignment
 from fedpilot.assign.modules import solve_module_assignment
-from fedpilot.assign.options import knapsack_grids, option_costs, option_savings
+from fedpilot.assign.options import RankOptions, rank_options
 from fedpilot.client import ClientUpdate, Plan
 from fedpilot.strategies.base import State, Strategy, StrategyContext
 
@@ -107,30 +108,31 @@ class FedPilot(Strategy):
             values[j] = value * rank_shares(scores.get(j), self.ranks)
         return values
 
-    def solve(self, values: np.ndarray, budget: ClientBudget, grids: tuple[int, int]) -> RankAssignment:
+    @cached_property
+    def rank_costs(self) -> RankOptions:
+        """Every unit's memory and upload bytes at each rank option, and the knapsack's grids (fixed for a run)."""
+        return rank_options(self.context.profile, self.context.unit_upload, self.ranks)
+
+    def solve(self, values: np.ndarray, budget: ClientBudget) -> RankAssignment:
         """The knapsack optimum of one client: over units, or over blocks of module units
         (`assign/modules.py`) at module granularity."""
-        profile = self.context.profile
-        memory, uploads = option_costs(profile, self.context.unit_upload, self.ranks)
+        profile, costs = self.context.profile, self.rank_costs
         if profile.blocks:
             return solve_module_assignment(values, profile.blocks, profile.lowest_mem, profile.above, profile.fixed_mem,
-                                           budget.memory, option_savings(profile, self.context.unit_upload, self.ranks),
-                                           uploads, budget.upload, *grids)
-        return solve_rank_assignment(values, profile.path_mem, memory, profile.fixed_mem, budget.memory, uploads,
-                                     budget.upload, *grids)
+                                           budget.memory, costs.savings, costs.uploads, budget.upload, *costs.grids)
+        return solve_rank_assignment(values, profile.path_mem, costs.memory, profile.fixed_mem, budget.memory,
+                                     costs.uploads, budget.upload, *costs.grids)
 
     def assign(self, round_number: int, clients: list[int]) -> dict[int, Plan]:
         """The knapsack-optimal units and ranks of each client; head only where nothing fits."""
-        profile = self.context.profile
         affordable = {client: self.affordable(client) for client in clients}
         self.sampled[round_number] = len(clients)
         self.eligible[round_number] = {j: sum(j in units for units in affordable.values())
                                        for j in range(self.context.num_units)}
-        grids = knapsack_grids(profile, self.context.unit_upload, self.ranks)
         plans = {}
         for client in clients:
             values = self.option_values(round_number, client, affordable[client])
-            chosen = self.solve(values, self.context.budgets[client], grids)
+            chosen = self.solve(values, self.context.budgets[client])
             ranks = tuple(self.ranks[c] for c in chosen.options)
             full = all(r == self.context.config.lora.rank for r in ranks)
             plans[client] = self.context.plan(client, chosen.units, None if full else ranks)
