@@ -17,7 +17,11 @@ from conftest import tiny_bert, tiny_llama, tiny_vit
 from fedpilot.assign.budgets import ClientBudget
 from fedpilot.assign.knapsack import solve_rank_assignment
 from fedpilot.assign.modules import block_options, solve_module_assignment
+from fedpilot.assign.reach import lora_bytes
 from fedpilot.config import ConfigError, load_config
+from fedpilot.fleet.planner import plan_fleet
+from fedpilot.fleet.show import module_ranges, ranked_units
+from fedpilot.fleet.spec import Fleet
 from fedpilot.memory.build import build_model, make_batch
 from fedpilot.memory.cost import CostProfile, KiB, MiB, block_masks, mem_of
 from fedpilot.memory.profiler import ProfileError, measure_step, profile
@@ -166,10 +170,11 @@ def table_profile(seed: int, blocks: int, width: int) -> CostProfile:
 
 
 def brute_force(cost: CostProfile, values: np.ndarray, ranks: list[int], budget: int, upload: np.ndarray,
-                upload_budget: int | None) -> float:
-    """Best value over every set of units at every rank option (Mem_r by `mem_at_ranks`)."""
+                upload_budget: int | None, weight: tuple[int, ...] | None = None) -> float:
+    """Best value over every set of units at every rank option (Mem_r by `mem_at_ranks` with LoRA weights of
+    `weight` bytes per unit, 1 MiB each when None)."""
     n, best = cost.num_units, 0.0
-    weight = [MiB] * n
+    weight = weight or [MiB] * n
     for choice in itertools.product(range(-1, len(ranks)), repeat=n):
         picked = {j: o for j, o in enumerate(choice) if o >= 0}
         memory = mem_at_ranks(cost, {j: ranks[o] for j, o in picked.items()}, weight)
@@ -272,6 +277,52 @@ def test_every_method_plans_within_budgets_at_module_granularity(name, bert_prof
         if plan.ranks is None:
             assert plan.estimated_bytes == mem_of(cost, plan.units)
     assert any(plan.units for plan in plans.values())
+
+
+def module_fleet(cost: CostProfile) -> tuple[Fleet, list[ClientBudget]]:
+    """Three kinds of one client: a third of the units' memory, half of it with upload for three full-rank module
+    units, and everything."""
+    full, weights = mem_of(cost, range(cost.num_units)), lora_bytes(cost)
+    budgets = [ClientBudget(0, cost.fixed_mem + (full - cost.fixed_mem) // 3, None),
+               ClientBudget(1, (cost.fixed_mem + full) // 2, 3 * weights[0]), ClientBudget(2, full, None)]
+    kinds = [{"name": f"k{b.group}", "count": 1, "memory": str(b.memory),
+              "upload": "unlimited" if b.upload is None else str(b.upload)} for b in budgets]
+    return Fleet.model_validate({"kinds": kinds}), budgets
+
+
+def test_fedpilot_plan_at_module_granularity_is_what_the_strategy_assigns_and_optimal(bert_profile):
+    cost, ranks = bert_profile, (2, 4)
+    fleet, budgets = module_fleet(cost)
+    model = add_lora(tiny_bert(), rank=4, alpha=8, dropout=0.0, targets=["query", "value"])
+    config = load_config(None, ["strategy.name=fedpilot", "strategy.value=uniform", "strategy.ranks=[2, 4]",
+                                "lora.rank=4", "lora.granularity=module"])
+    context = StrategyContext(units_at(model, "module"), [10] * 3, config, cost, budgets, lora_bytes(cost))
+    strategy = make_strategy("fedpilot", context)
+    assigned = strategy.assign(1, [0, 1, 2])
+    plan = plan_fleet(cost, fleet, None, ranks)
+    assert plan.granularity == "module" and plan.blocks == cost.blocks
+    for client, (kind, budget) in enumerate(zip(plan.kinds, budgets)):
+        chosen = assigned[client]
+        assert (kind.memory_budget, kind.upload_budget) == (budget.memory, budget.upload)
+        assert (kind.units, kind.ranks) == (chosen.units, chosen.ranks or (4,) * len(chosen.units))
+        assert kind.mem_bytes == chosen.estimated_bytes <= budget.memory
+        assert kind.deepest_unit == min(strategy.affordable(client), default=None)
+    values = np.random.default_rng(3).random(cost.num_units)
+    upload = np.array([[w * r // 4 for r in ranks] for w in lora_bytes(cost)])
+    for kind, budget in zip(plan_fleet(cost, fleet, values, ranks).kinds, budgets):
+        best = brute_force(cost, values[:, None] * np.array([0.5, 1.0]), list(ranks), budget.memory, upload,
+                           budget.upload, lora_bytes(cost))
+        assert kind.value == pytest.approx(best)
+    # the upload-bound kind trains part of a block: some module unit without its sibling
+    assert any(j ^ 1 not in plan.kinds[1].units for j in plan.kinds[1].units)
+
+
+def test_module_units_are_shown_by_block():
+    blocks = (0, 0, 1, 1, 2, 2, 3, 3)
+    assert module_ranges((0, 2, 3, 4, 5), blocks) == "0.0, 1-2"
+    assert module_ranges((0, 1, 3, 6, 7), blocks) == "0, 1.1, 3" and module_ranges((), blocks) == "head only"
+    assert ranked_units((2, 3, 4, 5), (4, 4, 2, 2), False, blocks) == "1 r4, 2 r2"
+    assert ranked_units((3,), (4,), True, blocks) == "1.1" and ranked_units((3,), (4,), True) == "3"
 
 
 def test_records_and_tables_name_module_units():

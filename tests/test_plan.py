@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from transformers import BertConfig
 from typer.testing import CliRunner
 
 from fedpilot.assign.knapsack import solve_assignment, solve_rank_assignment
@@ -96,6 +97,23 @@ def test_plan_command_refuses_malformed_ranks(tmp_path):
         result = CliRunner().invoke(app, ["plan", "--fleet", str(fleet), "--ranks", text, "--out", str(tmp_path)])
         assert result.exit_code == 2 and f"--ranks '{text}': comma-separated whole ranks" in result.output.replace(
             "\n", "")
+
+
+def test_plan_command_at_module_granularity_names_module_units_and_refuses_others(tmp_path):
+    folder = tmp_path / "bert"
+    BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+               max_position_embeddings=64).save_pretrained(folder)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("kinds:\n  - {name: all, count: 2, memory: '100%'}\n")
+    base = ["plan", "--fleet", str(fleet), "--model", str(folder), "--batch", "2", "--seq", "8", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*base, "--granularity", "module"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "plan.json").read_text())
+    assert written["blocks"] == [0, 0, 1, 1] and written["kinds"][0]["units"] == [0, 1, 2, 3]
+    assert "module units: b = every adapted Linear of block b, b.i = its i-th" in result.output
+    assert "│ 0-1 " in result.output
+    result = CliRunner().invoke(app, [*base, "--granularity", "layer"])
+    assert result.exit_code == 2 and "granularity must be one of" in result.output
 
 
 def test_unaffordable_kinds_are_reported_never_dropped():

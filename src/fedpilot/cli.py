@@ -327,13 +327,15 @@ def plan(
                                                       "(ascending, ending at --rank; default --rank alone)")] = None,
     scores: Annotated[Optional[Path], typer.Option(help="run directory whose last global IG-Scores value the "
                                                         "units (default: uniform values)")] = None,
+    granularity: Annotated[str, typer.Option(help="block (a unit per block) or module (a unit per adapted "
+                                                  "Linear, as lora.granularity)")] = "block",
     out: Annotated[Path, typer.Option(help="folder for plan.json and plan.png")] = Path("results/plan"),
 ) -> None:
     """Before training: per client kind, who can train which units and at what memory and traffic."""
     from fedpilot.fleet.show import run_plan_command
 
     try:
-        run_plan_command(model, batch, seq, dtype, rank, fleet, scores, out, console, ranks)
+        run_plan_command(model, batch, seq, dtype, rank, fleet, scores, out, console, ranks, granularity)
     except user_errors() as error:
         fail(str(error))
 

@@ -1,8 +1,10 @@
-"""The rank options of the knapsack: what training unit j at each LoRA rank option costs, and the grids.
+"""The rank options of the knapsack: what training unit j at each LoRA rank option costs, the grids, and the
+solve over them.
 
 A unit trained at rank r instead of the profiled rank R saves (1 - r / R) of its LoRA state and
 weights (`models.rank.unit_saving`) and uploads r / R of its weights. The fedpilot strategy and
-`fedpilot plan` both solve the knapsack on these costs and grids.
+`fedpilot plan` both solve the knapsack on these costs and grids (`solve_options`), over units or, at
+module granularity, over blocks of module units.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedpilot.assign.knapsack import RankAssignment, solve_rank_assignment
+from fedpilot.assign.modules import solve_module_assignment
 from fedpilot.memory.cost import CostProfile
 from fedpilot.models.rank import unit_saving
 
@@ -56,3 +60,16 @@ def rank_options(profile: CostProfile, weight_bytes: Sequence[int], ranks: Seque
     return RankOptions(savings=savings, memory=np.array(profile.unit_mem)[:, None] - savings, uploads=uploads,
                        memory_grid=cost_grid(profile.unit_mem, 2**20),
                        upload_grid=cost_grid([int(u) for u in uploads[:, 0]], 4096))
+
+
+def solve_options(values: np.ndarray, profile: CostProfile, costs: RankOptions, memory_budget: int,
+                  upload_budget: int | None) -> RankAssignment:
+    """The exact knapsack optimum of (units x rank options) `values` under a memory budget and an upload budget
+    (bytes; None = unlimited) on `costs` (`rank_options` of `profile`): over units
+    (`solve_rank_assignment`), or over blocks of module units at module granularity
+    (`solve_module_assignment`). Raises ValueError as those do."""
+    if profile.blocks:
+        return solve_module_assignment(values, profile.blocks, profile.lowest_mem, profile.above, profile.fixed_mem,
+                                       memory_budget, costs.savings, costs.uploads, upload_budget, *costs.grids)
+    return solve_rank_assignment(values, profile.path_mem, costs.memory, profile.fixed_mem, memory_budget,
+                                 costs.uploads, upload_budget, *costs.grids)

@@ -1,9 +1,9 @@
 """Who in a fleet can train what: per client kind and per unit, from a cost profile alone.
 
 Per kind: whether its memory holds the frozen model and the head (Mem({}) = fixed_mem), the deepest
-unit it can train, the knapsack's assignment (`assign.knapsack.solve_rank_assignment` over the
-LoRA rank options, on the costs and grids the fedpilot strategy uses, `assign.options`) under given
-unit values, its Mem and traffic per round, and the largest batch at which it could train every
+unit it can train, the knapsack's assignment (`assign.options.solve_options` over the LoRA rank options,
+on the costs and grids the fedpilot strategy uses; over blocks of module units for a module-granularity
+profile) under given unit values, its Mem and traffic per round, and the largest batch at which it could train every
 unit. A unit's value at rank option r is its value times r / R, as fedpilot values a unit without
 scores. Reach (deepest unit, `can_train`) counts a unit at the lowest rank option, as the strategy's
 affordable units do. Per unit: how many clients of the fleet can train it alone
@@ -19,11 +19,11 @@ import numpy as np
 
 from fedpilot.assign.budgets import parse_upload
 from fedpilot.assign.ig_score import rank_shares
-from fedpilot.assign.knapsack import solve_rank_assignment
-from fedpilot.assign.options import rank_options
+from fedpilot.assign.options import rank_options, solve_options
 from fedpilot.assign.reach import lora_bytes, lowest_fitting, upload_units
 from fedpilot.fleet.spec import ClientKind, Fleet
 from fedpilot.memory.cost import CostProfile, budget_bytes, mem_of
+from fedpilot.models.rank import mem_at_ranks
 
 MAX_BATCH = 2**16
 """Largest batch size `largest_batch` tries."""
@@ -56,7 +56,8 @@ class KindPlan:
 
 @dataclass(frozen=True)
 class FleetPlan:
-    """The plan of a fleet: the profile's key facts, each kind, and per unit its coverage (clients)."""
+    """The plan of a fleet: the profile's key facts, each kind, and per unit its coverage (clients); `blocks[j]`
+    is module unit j's block at module granularity (empty at block granularity, where unit j is block j)."""
 
     model: str
     batch: int
@@ -72,6 +73,12 @@ class FleetPlan:
     kinds: tuple[KindPlan, ...]
     can_train: tuple[int, ...]
     assigned: tuple[int, ...]
+    blocks: tuple[int, ...] = ()
+
+    @property
+    def granularity(self) -> str:
+        """"module" when units are adapted Linears (`blocks` set), else "block"."""
+        return "module" if self.blocks else "block"
 
     def to_json(self) -> dict:
         """A JSON-ready dict of every field."""
@@ -94,7 +101,7 @@ def plan_fleet(profile: CostProfile, fleet: Fleet, values: Sequence[float] | Non
     assigned = tuple(sum(k.count for k in kinds if j in k.units) for j in range(n))
     return FleetPlan(profile.model, profile.batch, profile.length, profile.dtype, profile.rank, options,
                      profile.frozen, profile.fixed_mem, mem_of(profile, range(n)), lora_bytes(profile), values, kinds,
-                     can_train, assigned)
+                     can_train, assigned, profile.blocks)
 
 
 def checked_ranks(ranks: Sequence[int] | None, full: int) -> tuple[int, ...]:
@@ -123,10 +130,8 @@ def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...],
         return KindPlan(**common, takes_part=False, deepest_unit=None, units=(), value=0.0, mem_bytes=0,
                         upload_bytes=0, download_bytes=0,
                         reason="memory below the frozen model + head training (head-only cost)")
-    costs = rank_options(profile, uploads, ranks)
     option_values = np.array(values)[:, None] * rank_shares(None, ranks)
-    chosen = solve_rank_assignment(option_values, profile.path_mem, costs.memory, profile.fixed_mem, memory,
-                                   costs.uploads, upload, *costs.grids)
+    chosen = solve_options(option_values, profile, rank_options(profile, uploads, ranks), memory, upload)
     reach = lowest_option_reach(profile, ranks)
     return KindPlan(**common, takes_part=True, deepest_unit=lowest_fitting(*reach, memory, upload),
                     units=chosen.units, ranks=tuple(ranks[o] for o in chosen.options), value=chosen.value,
@@ -136,10 +141,11 @@ def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...],
 
 
 def lowest_option_reach(profile: CostProfile, ranks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Per unit j, Mem({j}) and its upload in bytes at the lowest rank option (at rank R: `mem_of(profile, [j])`
-    and `lora_bytes`)."""
-    costs = rank_options(profile, lora_bytes(profile), ranks[:1])
-    return profile.fixed_mem + np.array(profile.path_mem) + costs.memory[:, 0], costs.uploads[:, 0]
+    """Per unit j, Mem({j}) and its upload in bytes at the lowest rank option (`mem_at_ranks`, as the strategy's
+    affordable units; at rank R: `mem_of(profile, [j])` and `lora_bytes`)."""
+    weights = lora_bytes(profile)
+    memory = [mem_at_ranks(profile, {j: ranks[0]}, weights) for j in range(profile.num_units)]
+    return np.array(memory), rank_options(profile, weights, ranks[:1]).uploads[:, 0]
 
 
 def head_bytes(profile: CostProfile) -> int:

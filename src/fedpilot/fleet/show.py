@@ -30,15 +30,41 @@ def unit_ranges(units: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
-def ranked_units(units: Sequence[int], ranks: Sequence[int], single_rank: bool) -> str:
+def module_ranges(units: Sequence[int], blocks: Sequence[int]) -> str:
+    """Module units by block (`blocks[j]` = unit j's block): a block with every one of its units as its number,
+    consecutive such blocks as a range, the rest as block.i for its i-th module unit: (0, 2, 3, 4, 5) with
+    blocks (0, 0, 1, 1, 2, 2) -> "0.0, 1-2"; () -> "head only"."""
+    if not units:
+        return "head only"
+    chosen, parts, run = set(units), [], []
+    for block in sorted(set(blocks)):
+        members = [j for j, b in enumerate(blocks) if b == block]
+        if set(members) <= chosen:
+            run.append(block)
+            continue
+        if run:
+            parts.append(unit_ranges(run))
+            run = []
+        parts += [f"{block}.{i}" for i, j in enumerate(members) if j in chosen]
+    if run:
+        parts.append(unit_ranges(run))
+    return ", ".join(parts)
+
+
+def unit_text(units: Sequence[int], blocks: Sequence[int] = ()) -> str:
+    """Units as compact text: `unit_ranges` at block granularity, `module_ranges` when `blocks` are given."""
+    return module_ranges(units, blocks) if blocks else unit_ranges(units)
+
+
+def ranked_units(units: Sequence[int], ranks: Sequence[int], single_rank: bool, blocks: Sequence[int] = ()) -> str:
     """Units with their ranks: runs of consecutive units at one rank, "0-3 r8, 4-5 r4"; plain ranges when the
-    plan has one rank option; "head only" for none."""
+    plan has one rank option; "head only" for none; module units by block (`unit_text`) when `blocks` are given."""
     if single_rank or not units:
-        return unit_ranges(units)
+        return unit_text(units, blocks)
     parts, start = [], 0
     for i in range(1, len(units) + 1):
         if i == len(units) or units[i] != units[i - 1] + 1 or ranks[i] != ranks[start]:
-            parts.append(f"{unit_ranges(units[start:i])} r{ranks[start]}")
+            parts.append(f"{unit_text(units[start:i], blocks)} r{ranks[start]}")
             start = i
     return ", ".join(parts)
 
@@ -49,7 +75,8 @@ def kinds_table(plan: FleetPlan) -> Table:
                         f"LoRA r={plan.rank}; frozen model {human(plan.frozen_bytes)}, head only "
                         f"{human(plan.head_only_bytes)}, every unit {human(plan.all_units_bytes)}"
                         + (f"; rank options {', '.join(map(str, plan.rank_options))}" if len(plan.rank_options) > 1
-                           else ""))
+                           else ""),
+                  caption="module units: b = every adapted Linear of block b, b.i = its i-th" if plan.blocks else None)
     for column in ("kind", "clients", "memory", "upload", "deepest unit", "assigned units", "Mem",
                    "up / round", "down / round", "batch, all units"):
         table.add_column(column, justify="left" if column in ("kind", "assigned units") else "right")
@@ -59,9 +86,10 @@ def kinds_table(plan: FleetPlan) -> Table:
             table.add_row(kind.name, str(kind.count), human(kind.memory_budget), upload, "-",
                           f"[red]cannot take part[/]: {kind.reason}", "-", "-", "-", "-")
             continue
-        deepest = "-" if kind.deepest_unit is None else str(kind.deepest_unit)
+        deepest = "-" if kind.deepest_unit is None else unit_text((kind.deepest_unit,), plan.blocks)
         table.add_row(kind.name, str(kind.count), human(kind.memory_budget), upload, deepest,
-                      ranked_units(kind.units, kind.ranks, len(plan.rank_options) == 1), human(kind.mem_bytes),
+                      ranked_units(kind.units, kind.ranks, len(plan.rank_options) == 1, plan.blocks),
+                      human(kind.mem_bytes),
                       human(kind.upload_bytes),
                       human(kind.download_bytes), str(kind.largest_batch_all_units) or "0")
     return table
@@ -76,7 +104,8 @@ def coverage_table(plan: FleetPlan) -> Table:
     for j in range(1, len(plan.can_train) + 1):
         if j == len(plan.can_train) or (plan.can_train[j], plan.assigned[j]) != (plan.can_train[start],
                                                                                    plan.assigned[start]):
-            table.add_row(unit_ranges(range(start, j)), str(plan.can_train[start]), str(plan.assigned[start]))
+            table.add_row(unit_text(range(start, j), plan.blocks), str(plan.can_train[start]),
+                          str(plan.assigned[start]))
             start = j
     return table
 
@@ -96,7 +125,8 @@ def plot_plan(plan: FleetPlan, path: Path) -> Path:
     units = range(len(plan.can_train))
     right.bar(units, plan.can_train, color="C1", alpha=0.5, label="clients that can train it")
     right.bar(units, plan.assigned, color="C2", width=0.5, label="clients assigned it")
-    right.set(xlabel="unit (0 = lowest block)", ylabel="clients", title="coverage per unit")
+    right.set(xlabel="module unit (0 = the lowest block's first)" if plan.blocks else "unit (0 = lowest block)",
+              ylabel="clients", title="coverage per unit")
     right.legend(fontsize=8)
     fig.suptitle(f"{model_label(plan.model)}: batch {plan.batch}, length {plan.length}, {plan.dtype}, "
                  f"LoRA r={plan.rank}")
@@ -140,14 +170,16 @@ def parse_ranks(text: str | None, rank: int) -> tuple[int, ...] | None:
 
 
 def run_plan_command(model: str, batch: int, seq: int, dtype: str, rank: int, fleet_file: Path,
-                     scores_run: Path | None, out: Path, console: Console, ranks: str | None = None) -> FleetPlan:
-    """`fedpilot plan`: read the fleet, profile the model on meta (or read the cache), plan, print, write."""
+                     scores_run: Path | None, out: Path, console: Console, ranks: str | None = None,
+                     granularity: str = "block") -> FleetPlan:
+    """`fedpilot plan`: read the fleet, profile the model on meta (or read the cache) at block or module
+    `granularity`, plan, print, write."""
     from fedpilot.memory.profiler import profile
 
     options = parse_ranks(ranks, rank)
     fleet = load_fleet(fleet_file)
     started = time.perf_counter()
-    cost = profile(model, batch, seq, None, dtype, rank, None, "meta")
+    cost = profile(model, batch, seq, None, dtype, rank, None, "meta", granularity=granularity)
     plan = plan_fleet(cost, fleet, unit_values(scores_run, cost.num_units), options)
     console.print(kinds_table(plan))
     console.print(coverage_table(plan))

@@ -25,10 +25,7 @@ from fedpilot.aggregate.product import client_products, factors, fill_rank, prod
 from fedpilot.aggregate.stagg import UnitHistory, stagg_round
 from fedpilot.assign.ig_score import (combined_values, full_rank_scores, normalised_report, rank_shares,
                                       update_global)
-from fedpilot.assign.budgets import ClientBudget
-from fedpilot.assign.knapsack import RankAssignment, solve_rank_assignment
-from fedpilot.assign.modules import solve_module_assignment
-from fedpilot.assign.options import RankOptions, rank_options
+from fedpilot.assign.options import RankOptions, rank_options, solve_options
 from fedpilot.client import ClientUpdate, Plan
 from fedpilot.strategies.base import State, Strategy, StrategyContext
 
@@ -113,16 +110,6 @@ class FedPilot(Strategy):
         """Every unit's memory and upload bytes at each rank option, and the knapsack's grids (fixed for a run)."""
         return rank_options(self.context.profile, self.context.unit_upload, self.ranks)
 
-    def solve(self, values: np.ndarray, budget: ClientBudget) -> RankAssignment:
-        """The knapsack optimum of one client: over units, or over blocks of module units
-        (`assign/modules.py`) at module granularity."""
-        profile, costs = self.context.profile, self.rank_costs
-        if profile.blocks:
-            return solve_module_assignment(values, profile.blocks, profile.lowest_mem, profile.above, profile.fixed_mem,
-                                           budget.memory, costs.savings, costs.uploads, budget.upload, *costs.grids)
-        return solve_rank_assignment(values, profile.path_mem, costs.memory, profile.fixed_mem, budget.memory,
-                                     costs.uploads, budget.upload, *costs.grids)
-
     def assign(self, round_number: int, clients: list[int]) -> dict[int, Plan]:
         """The knapsack-optimal units and ranks of each client; head only where nothing fits."""
         affordable = {client: self.affordable(client) for client in clients}
@@ -132,7 +119,8 @@ class FedPilot(Strategy):
         plans = {}
         for client in clients:
             values = self.option_values(round_number, client, affordable[client])
-            chosen = self.solve(values, self.context.budgets[client])
+            budget = self.context.budgets[client]
+            chosen = solve_options(values, self.context.profile, self.rank_costs, budget.memory, budget.upload)
             ranks = tuple(self.ranks[c] for c in chosen.options)
             full = all(r == self.context.config.lora.rank for r in ranks)
             plans[client] = self.context.plan(client, chosen.units, None if full else ranks)
