@@ -28,7 +28,7 @@ from fedpilot.memory.profiler import ProfileError, measure_step, profile
 from fedpilot.models.loading import add_lora
 from fedpilot.models.rank import mem_at_ranks
 from fedpilot.models.targets import default_targets
-from fedpilot.models.units import module_units, set_trainable, units_at
+from fedpilot.models.units import Unit, UnitMap, module_units, set_trainable, units_at
 from fedpilot.report.budget_table import reach_text
 from fedpilot.report.unit_use import unit_use_markdown, unit_use_rows
 from fedpilot.strategies import REGISTRY, StrategyContext, make_strategy
@@ -279,42 +279,66 @@ def test_every_method_plans_within_budgets_at_module_granularity(name, bert_prof
     assert any(plan.units for plan in plans.values())
 
 
-def module_fleet(cost: CostProfile) -> tuple[Fleet, list[ClientBudget]]:
-    """Three kinds of one client: a third of the units' memory, half of it with upload for three full-rank module
-    units, and everything."""
-    full, weights = mem_of(cost, range(cost.num_units)), lora_bytes(cost)
-    budgets = [ClientBudget(0, cost.fixed_mem + (full - cost.fixed_mem) // 3, None),
-               ClientBudget(1, (cost.fixed_mem + full) // 2, 3 * weights[0]), ClientBudget(2, full, None)]
-    kinds = [{"name": f"k{b.group}", "count": 1, "memory": str(b.memory),
-              "upload": "unlimited" if b.upload is None else str(b.upload)} for b in budgets]
-    return Fleet.model_validate({"kinds": kinds}), budgets
+def fleet_of(budgets: list[ClientBudget]) -> Fleet:
+    """A fleet of one client per budget, kind k{i} for budgets[i]."""
+    return Fleet.model_validate({"kinds": [{"name": f"k{i}", "count": 1, "memory": str(b.memory),
+                                            "upload": "unlimited" if b.upload is None else str(b.upload)}
+                                           for i, b in enumerate(budgets)]})
+
+
+def fedpilot_assigns(cost: CostProfile, unit_map: UnitMap, budgets: list[ClientBudget], values: np.ndarray,
+                     ranks: tuple[int, ...]) -> tuple[dict, object]:
+    """What the fedpilot strategy assigns client i (budget i) in round 1 when unit j is worth values[j]."""
+    config = load_config(None, ["strategy.name=fedpilot", f"strategy.ranks={list(ranks)}", f"lora.rank={cost.rank}",
+                                "lora.granularity=module"])
+    strategy = make_strategy("fedpilot", StrategyContext(unit_map, [10] * len(budgets), config, cost, budgets,
+                                                         lora_bytes(cost)))
+    strategy.unit_values = lambda round_number, client, units: values[list(units)]
+    return strategy.assign(1, list(range(len(budgets)))), strategy
 
 
 def test_fedpilot_plan_at_module_granularity_is_what_the_strategy_assigns_and_optimal(bert_profile):
-    cost, ranks = bert_profile, (2, 4)
-    fleet, budgets = module_fleet(cost)
-    model = add_lora(tiny_bert(), rank=4, alpha=8, dropout=0.0, targets=["query", "value"])
-    config = load_config(None, ["strategy.name=fedpilot", "strategy.value=uniform", "strategy.ranks=[2, 4]",
-                                "lora.rank=4", "lora.granularity=module"])
-    context = StrategyContext(units_at(model, "module"), [10] * 3, config, cost, budgets, lora_bytes(cost))
-    strategy = make_strategy("fedpilot", context)
-    assigned = strategy.assign(1, [0, 1, 2])
-    plan = plan_fleet(cost, fleet, None, ranks)
+    cost, ranks, weights = bert_profile, (2, 4), lora_bytes(bert_profile)
+    full = mem_of(cost, range(cost.num_units))
+    # a third of the units' memory; half of it with upload for three full-rank module units; everything
+    budgets = [ClientBudget(0, cost.fixed_mem + (full - cost.fixed_mem) // 3, None),
+               ClientBudget(1, (cost.fixed_mem + full) // 2, 3 * weights[0]), ClientBudget(2, full, None)]
+    unit_map = units_at(add_lora(tiny_bert(), rank=4, alpha=8, dropout=0.0, targets=["query", "value"]), "module")
+    values = np.random.default_rng(3).random(cost.num_units)
+    assigned, strategy = fedpilot_assigns(cost, unit_map, budgets, values, ranks)
+    plan = plan_fleet(cost, fleet_of(budgets), values, ranks)
     assert plan.granularity == "module" and plan.blocks == cost.blocks
+    upload = np.array([[w * r // 4 for r in ranks] for w in weights])
     for client, (kind, budget) in enumerate(zip(plan.kinds, budgets)):
         chosen = assigned[client]
         assert (kind.memory_budget, kind.upload_budget) == (budget.memory, budget.upload)
         assert (kind.units, kind.ranks) == (chosen.units, chosen.ranks or (4,) * len(chosen.units))
         assert kind.mem_bytes == chosen.estimated_bytes <= budget.memory
         assert kind.deepest_unit == min(strategy.affordable(client), default=None)
-    values = np.random.default_rng(3).random(cost.num_units)
-    upload = np.array([[w * r // 4 for r in ranks] for w in lora_bytes(cost)])
-    for kind, budget in zip(plan_fleet(cost, fleet, values, ranks).kinds, budgets):
         best = brute_force(cost, values[:, None] * np.array([0.5, 1.0]), list(ranks), budget.memory, upload,
-                           budget.upload, lora_bytes(cost))
+                           budget.upload, weights)
         assert kind.value == pytest.approx(best)
     # the upload-bound kind trains part of a block: some module unit without its sibling
     assert any(j ^ 1 not in plan.kinds[1].units for j in plan.kinds[1].units)
+
+
+def test_plan_values_units_a_kind_cannot_train_alone_at_zero_as_fedpilot_does():
+    # random tables where a unit too big to train alone can fit inside a set (its block's subset costs are not
+    # monotone): the plan must still be what the strategy assigns, which never values such a unit
+    rng, mismatches = np.random.default_rng(1), 0
+    for seed in range(12):
+        cost = table_profile(seed, 3, 2)
+        n, full = cost.num_units, mem_of(cost, range(cost.num_units))
+        unit_map = UnitMap(tuple(Unit(j, f"u.{j}.", (f"u.{j}.lora_A", f"u.{j}.lora_B")) for j in range(n)), ("h",))
+        for ranks in ((8,), (1, 8)):
+            budgets = [ClientBudget(c, int(cost.fixed_mem + rng.random() * (full - cost.fixed_mem)), None)
+                       for c in range(4)]
+            values = rng.random(n)
+            assigned, _ = fedpilot_assigns(cost, unit_map, budgets, values, ranks)
+            for client, kind in enumerate(plan_fleet(cost, fleet_of(budgets), values, ranks).kinds):
+                chosen = assigned[client]
+                mismatches += (kind.units, kind.ranks) != (chosen.units, chosen.ranks or (8,) * len(chosen.units))
+    assert mismatches == 0
 
 
 def test_module_units_are_shown_by_block():
@@ -322,6 +346,7 @@ def test_module_units_are_shown_by_block():
     assert module_ranges((0, 2, 3, 4, 5), blocks) == "0.0, 1-2"
     assert module_ranges((0, 1, 3, 6, 7), blocks) == "0, 1.1, 3" and module_ranges((), blocks) == "head only"
     assert ranked_units((2, 3, 4, 5), (4, 4, 2, 2), False, blocks) == "1 r4, 2 r2"
+    assert ranked_units((0, 1, 2, 3), (4, 4, 4, 2), False, blocks) == "0 r4, 1.0 r4, 1.1 r2"
     assert ranked_units((3,), (4,), True, blocks) == "1.1" and ranked_units((3,), (4,), True) == "3"
 
 

@@ -111,7 +111,9 @@ def test_plan_command_at_module_granularity_names_module_units_and_refuses_other
     written = json.loads((tmp_path / "plan.json").read_text())
     assert written["blocks"] == [0, 0, 1, 1] and written["kinds"][0]["units"] == [0, 1, 2, 3]
     assert "module units: b = every adapted Linear of block b, b.i = its i-th" in result.output
-    assert "│ 0-1 " in result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("│ all "))
+    assert [cell.strip() for cell in row.split("│")][5:7] == ["0.0", "0-1"]  # deepest unit, assigned units
+    assert written["granularity"] == "module"
     result = CliRunner().invoke(app, [*base, "--granularity", "layer"])
     assert result.exit_code == 2 and "granularity must be one of" in result.output
 

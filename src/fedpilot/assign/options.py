@@ -57,8 +57,10 @@ def rank_options(profile: CostProfile, weight_bytes: Sequence[int], ranks: Seque
     Raises ValueError for a rank outside 1..R."""
     savings = np.array([[unit_saving(profile, j, weight_bytes, r) for r in ranks] for j in range(profile.num_units)])
     uploads = np.array([[weight_bytes[j] * r // profile.rank for r in ranks] for j in range(profile.num_units)])
-    return RankOptions(savings=savings, memory=np.array(profile.unit_mem)[:, None] - savings, uploads=uploads,
-                       memory_grid=cost_grid(profile.unit_mem, 2**20),
+    memory = np.array(profile.unit_mem)[:, None] - savings
+    for table in (savings, memory, uploads):
+        table.setflags(write=False)  # shared by every solve of a run
+    return RankOptions(savings=savings, memory=memory, uploads=uploads, memory_grid=cost_grid(profile.unit_mem, 2**20),
                        upload_grid=cost_grid([int(u) for u in uploads[:, 0]], 4096))
 
 

@@ -5,7 +5,8 @@ unit it can train, the knapsack's assignment (`assign.options.solve_options` ove
 on the costs and grids the fedpilot strategy uses; over blocks of module units for a module-granularity
 profile) under given unit values, its Mem and traffic per round, and the largest batch at which it could train every
 unit. A unit's value at rank option r is its value times r / R, as fedpilot values a unit without
-scores. Reach (deepest unit, `can_train`) counts a unit at the lowest rank option, as the strategy's
+scores, and 0 for a kind that cannot train it alone (as the strategy values units outside a client's
+affordable ones). Reach (deepest unit, `can_train`) counts a unit at the lowest rank option, as the strategy's
 affordable units do. Per unit: how many clients of the fleet can train it alone
 (`can_train`) and how many the assignments give it (`assigned`). All sizes are bytes.
 """
@@ -81,8 +82,8 @@ class FleetPlan:
         return "module" if self.blocks else "block"
 
     def to_json(self) -> dict:
-        """A JSON-ready dict of every field."""
-        return asdict(self)
+        """A JSON-ready dict of every field, and the granularity."""
+        return {**asdict(self), "granularity": self.granularity}
 
 
 def plan_fleet(profile: CostProfile, fleet: Fleet, values: Sequence[float] | None = None,
@@ -130,9 +131,10 @@ def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...],
         return KindPlan(**common, takes_part=False, deepest_unit=None, units=(), value=0.0, mem_bytes=0,
                         upload_bytes=0, download_bytes=0,
                         reason="memory below the frozen model + head training (head-only cost)")
-    option_values = np.array(values)[:, None] * rank_shares(None, ranks)
-    chosen = solve_options(option_values, profile, rank_options(profile, uploads, ranks), memory, upload)
     reach = lowest_option_reach(profile, ranks)
+    alone = (reach[0] <= memory) & (True if upload is None else reach[1] <= upload)
+    option_values = (np.array(values) * alone)[:, None] * rank_shares(None, ranks)
+    chosen = solve_options(option_values, profile, rank_options(profile, uploads, ranks), memory, upload)
     return KindPlan(**common, takes_part=True, deepest_unit=lowest_fitting(*reach, memory, upload),
                     units=chosen.units, ranks=tuple(ranks[o] for o in chosen.options), value=chosen.value,
                     mem_bytes=chosen.mem_bytes, upload_bytes=chosen.upload_bytes + head_weights,

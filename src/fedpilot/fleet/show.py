@@ -58,13 +58,14 @@ def unit_text(units: Sequence[int], blocks: Sequence[int] = ()) -> str:
 
 def ranked_units(units: Sequence[int], ranks: Sequence[int], single_rank: bool, blocks: Sequence[int] = ()) -> str:
     """Units with their ranks: runs of consecutive units at one rank, "0-3 r8, 4-5 r4"; plain ranges when the
-    plan has one rank option; "head only" for none; module units by block (`unit_text`) when `blocks` are given."""
+    plan has one rank option; "head only" for none; module units by block (`unit_text`) when `blocks` are given,
+    each part with its rank ("0 r4, 1.0 r4, 1.1 r2")."""
     if single_rank or not units:
         return unit_text(units, blocks)
     parts, start = [], 0
     for i in range(1, len(units) + 1):
         if i == len(units) or units[i] != units[i - 1] + 1 or ranks[i] != ranks[start]:
-            parts.append(f"{unit_text(units[start:i], blocks)} r{ranks[start]}")
+            parts += [f"{part} r{ranks[start]}" for part in unit_text(units[start:i], blocks).split(", ")]
             start = i
     return ", ".join(parts)
 
@@ -155,7 +156,8 @@ def unit_values(scores_run: Path | None, num_units: int) -> list[float] | None:
         raise ConfigError(f"--scores {scores_run}: no round of that run logged strategy.global_scores "
                           f"(fedpilot runs do)")
     if len(scores) != num_units:
-        raise ConfigError(f"--scores {scores_run}: {len(scores)} unit scores, but the model has {num_units} units")
+        raise ConfigError(f"--scores {scores_run}: {len(scores)} unit scores, but the model has {num_units} units "
+                          f"(a run at the other lora.granularity? see --granularity)")
     return scores
 
 
