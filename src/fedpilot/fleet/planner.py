@@ -96,9 +96,10 @@ def plan_fleet(profile: CostProfile, fleet: Fleet, values: Sequence[float] | Non
     if len(values) != n:
         raise ValueError(f"{len(values)} unit values for a model with {n} units")
     options = checked_ranks(ranks, profile.rank)
-    kinds = tuple(plan_kind(profile, kind, values, options) for kind in fleet.kinds)
     reach = lowest_option_reach(profile, options)
-    can_train = tuple(sum(k.count for k in kinds if k.takes_part and _fits_alone(reach, k, j)) for j in range(n))
+    kinds = tuple(plan_kind(profile, kind, values, reach, options) for kind in fleet.kinds)
+    alone = [fits_alone(reach, k.memory_budget, k.upload_budget) for k in kinds]
+    can_train = tuple(sum(k.count for k, fits in zip(kinds, alone) if k.takes_part and fits[j]) for j in range(n))
     assigned = tuple(sum(k.count for k in kinds if j in k.units) for j in range(n))
     return FleetPlan(profile.model, profile.batch, profile.length, profile.dtype, profile.rank, options,
                      profile.frozen, profile.fixed_mem, mem_of(profile, range(n)), lora_bytes(profile), values, kinds,
@@ -118,10 +119,9 @@ def checked_ranks(ranks: Sequence[int] | None, full: int) -> tuple[int, ...]:
 
 
 def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...],
-              ranks: tuple[int, ...] | None = None) -> KindPlan:
+              reach: tuple[np.ndarray, np.ndarray], ranks: tuple[int, ...]) -> KindPlan:
     """One kind's plan: takes part or why not, deepest unit, assignment (units and their ranks), Mem,
-    traffic, largest batch; `ranks` as `checked_ranks` returns them (None: the profiled rank alone)."""
-    ranks = ranks or (profile.rank,)
+    traffic, largest batch; `reach` from `lowest_option_reach`, `ranks` as `checked_ranks` returns them."""
     memory, upload = budget_bytes(kind.memory, profile), parse_upload(kind.upload)
     uploads, head_weights = lora_bytes(profile), head_bytes(profile)
     common = dict(name=kind.name, count=kind.count, memory_budget=memory, upload_budget=upload,
@@ -131,8 +131,7 @@ def plan_kind(profile: CostProfile, kind: ClientKind, values: tuple[float, ...],
         return KindPlan(**common, takes_part=False, deepest_unit=None, units=(), value=0.0, mem_bytes=0,
                         upload_bytes=0, download_bytes=0,
                         reason="memory below the frozen model + head training (head-only cost)")
-    reach = lowest_option_reach(profile, ranks)
-    alone = (reach[0] <= memory) & (True if upload is None else reach[1] <= upload)
+    alone = fits_alone(reach, memory, upload)
     option_values = (np.array(values) * alone)[:, None] * rank_shares(None, ranks)
     chosen = solve_options(option_values, profile, rank_options(profile, uploads, ranks), memory, upload)
     return KindPlan(**common, takes_part=True, deepest_unit=lowest_fitting(*reach, memory, upload),
@@ -167,7 +166,7 @@ def largest_batch(profile: CostProfile, units: Sequence[int] | range, memory: in
     return low
 
 
-def _fits_alone(reach: tuple[np.ndarray, np.ndarray], kind: KindPlan, unit: int) -> bool:
-    """Whether a kind could train `unit` on its own within both budgets (at the lowest rank option)."""
-    return bool(reach[0][unit] <= kind.memory_budget
-                and (kind.upload_budget is None or reach[1][unit] <= kind.upload_budget))
+def fits_alone(reach: tuple[np.ndarray, np.ndarray], memory: int, upload: int | None) -> np.ndarray:
+    """Per unit, whether a client with these budgets (bytes; upload None = unlimited) could train it on its own
+    (`reach` from `lowest_option_reach`)."""
+    return (reach[0] <= memory) & (upload is None or reach[1] <= upload)
