@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -23,7 +24,8 @@ from fedpilot.fleet.planner import plan_fleet
 from fedpilot.fleet.show import module_ranges, ranked_units
 from fedpilot.fleet.spec import Fleet
 from fedpilot.memory.build import build_model, make_batch
-from fedpilot.memory.cost import CostProfile, KiB, MiB, block_masks, mem_of
+from fedpilot.memory.cost import CostProfile, KiB, MiB, block_masks, human, load_profile, mem_of
+from fedpilot.memory.plot import profile_table, run_profile_command
 from fedpilot.memory.profiler import ProfileError, measure_step, profile
 from fedpilot.models.loading import add_lora
 from fedpilot.models.rank import mem_at_ranks
@@ -348,6 +350,21 @@ def test_module_units_are_shown_by_block():
     assert ranked_units((2, 3, 4, 5), (4, 4, 2, 2), False, blocks) == "1 r4, 2 r2"
     assert ranked_units((0, 1, 2, 3), (4, 4, 4, 2), False, blocks) == "0 r4, 1.0 r4, 1.1 r2"
     assert ranked_units((3,), (4,), True, blocks) == "1.1" and ranked_units((3,), (4,), True) == "3"
+
+
+def test_profile_command_shows_module_units_by_block(bert_folder, bert_profile, tmp_path):
+    console = Console(record=True, width=240)
+    run_profile_command(bert_folder, 4, SEQ, None, "fp32", "meta", 4, [], tmp_path, console, "module")
+    assert "block b's i-th adapted Linear" in " ".join(console.export_text().split())
+    table = profile_table(bert_profile)
+    assert table.title.endswith("a unit per adapted Linear")
+    assert [table.columns[0]._cells[k] for k in (0, 1, 7)] == ["0.0", "0.1", "3.1"]
+    assert table.columns[5]._cells[3] == human(bert_profile.above[1][1])
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == [f"profile-{Path(bert_folder).name}-b4-l{SEQ}-fp32-module.{ext}" for ext in ("json", "png")]
+    assert load_profile(tmp_path / names[0]) == bert_profile
+    with pytest.raises(ProfileError, match="granularity"):
+        run_profile_command(bert_folder, 4, SEQ, None, "fp32", "meta", 4, [], tmp_path, console, "layer")
 
 
 def test_records_and_tables_name_module_units():

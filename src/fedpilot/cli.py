@@ -302,6 +302,8 @@ def profile(
     rank: Annotated[int, typer.Option(help="LoRA rank")] = 8,
     targets: Annotated[str, typer.Option(help="comma-separated LoRA targets, e.g. query,value; "
                                               "default the model's query/value projections")] = "",
+    granularity: Annotated[str, typer.Option(help="block (a unit per block) or module (a unit per adapted "
+                                                  "Linear, as lora.granularity)")] = "block",
     out: Annotated[Path, typer.Option(help="folder for the profile JSON and PNG")] = Path("results/profile"),
 ) -> None:
     """Measure the memory cost profile Mem(S) of a model and write it as a table, JSON and PNG."""
@@ -309,7 +311,7 @@ def profile(
 
     try:
         run_profile_command(model, batch, seq, image_size, dtype, device, rank,
-                            [t.strip() for t in targets.split(",") if t.strip()], out, console)
+                            [t.strip() for t in targets.split(",") if t.strip()], out, console, granularity)
     except user_errors() as error:
         fail(str(error))
 

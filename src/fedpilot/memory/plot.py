@@ -33,23 +33,37 @@ def single_unit_parts(profile: CostProfile, k: int) -> dict[str, int]:
             "path": profile.path[k], "peak": profile.peak}
 
 
+def unit_label(profile: CostProfile, k: int) -> str:
+    """Unit k's name in tables and plots: its index, or block.i (the block's i-th adapted Linear) at module
+    granularity."""
+    if not profile.blocks:
+        return str(k)
+    block = profile.blocks[k]
+    return f"{block}.{k - profile.blocks.index(block)}"
+
+
 def profile_table(profile: CostProfile) -> Table:
     """Per unit: Mem if it is the lowest trained unit, its parts, its marginal cost above a lower one."""
     n = profile.num_units
     targets = ", ".join(profile.targets)
     table = Table(title=f"memory profile: {model_label(profile.model)}, batch {profile.batch}, "
-                        f"length {profile.length}, {profile.dtype}, LoRA r={profile.rank} on {targets}")
+                        f"length {profile.length}, {profile.dtype}, LoRA r={profile.rank} on {targets}"
+                        + (", a unit per adapted Linear" if profile.blocks else ""))
     for column in ("unit", "Mem({k})", "A_path(k)", "M_state(k)", "a_k", "marginal above", "Mem(k..top)"):
         table.add_column(column, justify="right")
     for k in range(n):
-        table.add_row(str(k), human(mem_of(profile, [k])), human(profile.path[k]), human(profile.state[k]),
-                      human(profile.lora[k]), human(profile.unit_mem[k]), human(mem_of(profile, range(k, n))))
+        table.add_row(unit_label(profile, k), human(mem_of(profile, [k])), human(profile.path[k]),
+                      human(profile.state[k]), human(profile.lora[k]), human(profile.unit_mem[k]),
+                      human(mem_of(profile, range(k, n))))
     table.add_section()
     table.add_row("head only", human(profile.fixed_mem), "", "", "", "", "")
     table.add_row("all units", human(mem_of(profile, range(n))), "", "", "", "", "")
     table.caption = (f"head only = M_frozen {human(profile.frozen)} + M_head {human(profile.head)} + "
                      f"A_head {human(profile.head_path)} + M_peak,head {human(profile.head_only_peak)}; "
-                     f"with units, M_peak {human(profile.peak)} in place of M_peak,head")
+                     f"with units, M_peak {human(profile.peak)} in place of M_peak,head"
+                     + ("; unit b.i = block b's i-th adapted Linear; marginal above = what it adds when a lower "
+                        "block trains; block 0 has none below, so its units' A_path is counted in a_k"
+                        if profile.blocks else ""))
     return table
 
 
@@ -72,6 +86,7 @@ def _plot_positions(ax, profile: CostProfile, scale: int, unit: str) -> None:
     """Mem({k}) against the position k, with the all-units and head-only costs as lines."""
     ks = list(range(profile.num_units))
     ax.plot(ks, [mem_of(profile, [k]) / scale for k in ks], "o-", label="only unit k trained")
+    _unit_ticks(ax, profile)
     ax.axhline(mem_of(profile, ks) / scale, color="C3", ls="--", label="all units trained")
     ax.axhline(profile.fixed_mem / scale, color="gray", ls=":", label="head only")
     ax.set(xlabel="position k of the trainable unit (0 = lowest block)", ylabel=f"memory ({unit})",
@@ -87,23 +102,33 @@ def _plot_breakdown(ax, profile: CostProfile, scale: int, unit: str) -> None:
         heights = [single_unit_parts(profile, k)[name] / scale for k in ks]
         ax.bar(ks, heights, bottom=bottom, color=f"C{index}", label=LABELS[name])
         bottom = [b + h for b, h in zip(bottom, heights)]
+    _unit_ticks(ax, profile)
     ax.set(xlabel="position k of the trainable unit", ylabel=f"memory ({unit})", title="breakdown of Mem({k})")
     ax.legend(fontsize=8)
+
+
+def _unit_ticks(ax, profile: CostProfile) -> None:
+    """At module granularity, label the x axis by block.i (at most 24 labels)."""
+    if profile.blocks:
+        ks = range(0, profile.num_units, max(1, -(-profile.num_units // 24)))
+        ax.set_xticks(list(ks), [unit_label(profile, k) for k in ks], rotation=90, fontsize=7)
 
 
 def write_profile_report(profile: CostProfile, out_dir: Path) -> list[Path]:
     """Write the profile as JSON and its figure as PNG into `out_dir`; return both paths."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_label(profile.model))
-    stem = f"profile-{name}-b{profile.batch}-l{profile.length}-{profile.dtype}"
+    stem = f"profile-{name}-b{profile.batch}-l{profile.length}-{profile.dtype}" + ("-module" if profile.blocks else "")
     out_dir = Path(out_dir)
     return [save_profile(profile, out_dir / f"{stem}.json"), plot_profile(profile, out_dir / f"{stem}.png")]
 
 
 def run_profile_command(model: str, batch: int, seq: int, image_size: int | None, dtype: str, device: str,
-                        rank: int, targets: list[str], out: Path, console: Console) -> None:
-    """`fedpilot profile`: measure (or read from cache) the profile, print its table, write JSON + PNG."""
+                        rank: int, targets: list[str], out: Path, console: Console,
+                        granularity: str = "block") -> None:
+    """`fedpilot profile`: measure (or read from cache) the profile, print its table, write JSON + PNG.
+    Raises ProfileError (a ModelError) for a bad option, as `profile`."""
     started = time.perf_counter()
-    result = profile(model, batch, seq, image_size, dtype, rank, targets or None, device)
+    result = profile(model, batch, seq, image_size, dtype, rank, targets or None, device, granularity=granularity)
     console.print(profile_table(result))
     paths = write_profile_report(result, out)
     console.print(f"profiled on {device} in {time.perf_counter() - started:.1f} s; wrote "
