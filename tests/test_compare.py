@@ -241,12 +241,8 @@ def test_no_reference_leaves_rounds_to_95pct_empty(tmp_path):
     assert [row["rounds_to_95pct_ref"] for row in rows] == [None]
 
 
-def test_compare_resumes_finished_runs_and_reruns_interrupted_ones_in_place(tmp_path, monkeypatch):
-    path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]})
-    runs, _ = expand_study(load_study(path))
-    write_run(runs[0].run_dir, runs[0].config, [0.5], [client(0, 6, 90, 100, 40)])
-    runs[1].run_dir.mkdir(parents=True)
-    (runs[1].run_dir / "metrics.jsonl").write_text("")  # interrupted before summary.json
+def fake_runs(monkeypatch) -> list[Path]:
+    """Replace compare's run_local by one that writes a finished run at once; the list of run dirs it made."""
     calls = []
 
     def fake_run_local(config, console):
@@ -256,6 +252,16 @@ def test_compare_resumes_finished_runs_and_reruns_interrupted_ones_in_place(tmp_
         return run_dir, json.loads((run_dir / "summary.json").read_text())
 
     monkeypatch.setattr(compare, "run_local", fake_run_local)
+    return calls
+
+
+def test_compare_resumes_finished_runs_and_reruns_interrupted_ones_in_place(tmp_path, monkeypatch):
+    path = write_study(tmp_path, {"methods": ["fedavg-full", "fedpilot"]})
+    runs, _ = expand_study(load_study(path))
+    write_run(runs[0].run_dir, runs[0].config, [0.5], [client(0, 6, 90, 100, 40)])
+    runs[1].run_dir.mkdir(parents=True)
+    (runs[1].run_dir / "metrics.jsonl").write_text("")  # interrupted before summary.json
+    calls = fake_runs(monkeypatch)
     compare.run_compare(path, [], QUIET)
     assert calls == [runs[1].run_dir]
     compare.run_compare(path, [], QUIET)
@@ -307,6 +313,22 @@ def test_kept_records_carry_a_study_to_another_machine(tmp_path, monkeypatch):
 def test_jobs_below_one_are_refused(tmp_path):
     with pytest.raises(ValueError, match="--jobs must be at least 1"):
         compare.run_study([], QUIET, jobs=0)
+
+
+def test_jobs_default_to_one_per_core_on_cpu_and_never_exceed_the_runs_left(tmp_path, monkeypatch):
+    path = write_study(tmp_path, {"methods": ["fedavg-full", {"name": "fedpilot", "set": ["train.device=cuda"]}]})
+    runs, _ = expand_study(load_study(path))
+    monkeypatch.setattr(compare.os, "cpu_count", lambda: 4)
+    assert compare.auto_jobs(runs[:1]) == 4 and compare.auto_jobs(runs) == 1
+    seen = []
+    monkeypatch.setattr(compare, "run_study", lambda runs, console, jobs, records: seen.append(jobs))
+    assert CliRunner().invoke(app, ["compare", "--study", str(path)]).exit_code == 0
+    assert CliRunner().invoke(app, ["compare", "--study", str(path), "--jobs", "3"]).exit_code == 0
+    assert seen == [None, 3]
+    monkeypatch.undo()
+    calls = fake_runs(monkeypatch)
+    assert compare.run_study(runs[:1], QUIET, jobs=2) == 1  # one run left: run here, not in a worker
+    assert calls == [runs[0].run_dir]
 
 
 def test_report_only_tabulates_finished_runs_and_runs_nothing(tmp_path, monkeypatch):

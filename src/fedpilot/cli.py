@@ -246,8 +246,10 @@ def compare(
     study: Annotated[Path, typer.Option("--study", help="study YAML (see configs/studies/)")],
     only: Annotated[Optional[list[str]], typer.Option("--only", help="run only this method label (repeatable)")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="run nothing: tabulate the finished runs")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", min=1, help="runs at once, each in its own process with "
-                                                            "cores / jobs torch threads")] = 1,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="runs at once, each in its own process "
+                                                                      "with cores / jobs torch threads; default "
+                                                                      "one per core (1 when runs use a GPU)",
+                                                show_default=False)] = None,
 ) -> None:
     """Run a study's grid of runs (skipping finished ones), then write its tables and plots."""
     from fedpilot.engines.server import RunStopped

@@ -103,14 +103,15 @@ def execute_in_worker(run: PlannedRun, threads: int) -> dict[str, Any]:
     return execute(run, Console(quiet=True))
 
 
-def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1, records: Path | None = None) -> int:
+def run_study(runs: list[PlannedRun], console: Console, jobs: int | None = 1, records: Path | None = None) -> int:
     """Run every planned run not finished yet, `jobs` at a time in separate processes (each with an equal
-    share of the CPU cores as torch threads) or in order in this one; returns how many ran now. With a
+    share of the CPU cores as torch threads) or in order in this one; returns how many ran now. `jobs`
+    None: `auto_jobs`. Never more jobs than runs left; one job runs them here with every thread. With a
     `records` folder, each run's record is kept there as it finishes.
 
     Raises ValueError for jobs < 1; a run's error (e.g. over budget) is raised here.
     """
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {jobs}")
     pending = []
     for run in runs:
@@ -118,6 +119,7 @@ def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1, records: 
             console.print(f"{run.name}: {finished_note(run)}", highlight=False)
         else:
             pending.append(run)
+    jobs = min(auto_jobs(pending) if jobs is None else jobs, max(1, len(pending)))
     if jobs == 1:
         for index, run in enumerate(pending, 1):
             console.rule(f"run {index}/{len(pending)}: {run.name}")
@@ -127,6 +129,15 @@ def run_study(runs: list[PlannedRun], console: Console, jobs: int = 1, records: 
         run_parallel(pending, console, jobs, records)
     console.print(f"all {len(runs)} runs done: {len(pending)} ran now, {len(runs) - len(pending)} had finished earlier")
     return len(pending)
+
+
+def auto_jobs(pending: list[PlannedRun]) -> int:
+    """The default number of jobs: one per CPU core (one torch thread each; on 2 cores that ran 1.10x the runs
+    per hour of one process with both threads, benchmarks/compare_throughput.py) when every run trains on
+    the CPU; 1 when any uses another device (one accelerator, one run at a time)."""
+    if any(run.config.train.device != "cpu" for run in pending):
+        return 1
+    return os.cpu_count() or 1
 
 
 def keep_record(run: PlannedRun, records: Path | None) -> None:
@@ -362,9 +373,9 @@ def write_results(study: Study, runs: list[PlannedRun], console: Console) -> lis
 
 
 def run_compare(study_path: str | Path, only: list[str], console: Console, run: bool = True,
-                jobs: int = 1) -> list[Path]:
+                jobs: int | None = 1) -> list[Path]:
     """`fedpilot compare`: expand the study, run what is missing (of the `only` methods, `jobs` at a
-    time) unless `run` is False, and write the results of every finished run."""
+    time, None: `auto_jobs`) unless `run` is False, and write the results of every finished run."""
     study = load_study(study_path)
     runs, skipped = expand_study(study)
     for name, reason in skipped:
