@@ -1,11 +1,13 @@
 """Where a client training step's time goes: its operators' share of the CPU time, by kind.
 
 Profiles fedpilot's `train_client` on every unit (the step `step_efficiency.py` times) with
-`torch.profiler` and sums each operator's self CPU time into kinds: matrix products (mm, addmm,
+`torch.profiler` and sums each operator's self time (as the profiler counts it on the calling thread,
+intra-op threads included in the operator's span) into kinds: matrix products (mm, addmm,
 bmm), dropout's random masks (bernoulli_), and the rest (elementwise ops, softmax, layer norm,
 copies, the optimizer). Shares are fractions of the profiled total, so they say what the gap between
 the step's FLOP/s and a plain matmul's is made of. Writes results/step_breakdown.json with the load
-average during the run (shares move less with load than times do).
+average during the run (shares move less with load than times do); another --data writes
+step_breakdown-<data>.json.
 
     python benchmarks/step_breakdown.py [--steps 6] [--batch 16] [--data 20newsgroups]
 """
@@ -58,7 +60,7 @@ def main() -> None:
     shares = {kind: value / total for kind, value in kinds.most_common()}
     table = Table(title=f"client step by operator ({args.data}, batch {args.batch}, {args.steps} steps, "
                         f"{total / args.steps:.3f} s per step profiled)")
-    for column in ("operator", "kind", "share of CPU time"):
+    for column in ("operator", "kind", "share of step time"):
         table.add_column(column, justify="right")
     for name, value in seconds.most_common(TOP):
         table.add_row(name, KINDS.get(name, "other"), f"{value / total:.1%}")
@@ -66,11 +68,11 @@ def main() -> None:
     for kind, share in shares.items():
         table.add_row("", kind, f"{share:.1%}")
     Console().print(table)
-    write_result("step_breakdown", {
+    write_result("step_breakdown" if args.data == "20newsgroups" else f"step_breakdown-{args.data}", {
         "shares": shares, "top_operators": {name: value / total for name, value in seconds.most_common(TOP)},
         "seconds_per_step_profiled": total / args.steps, "load_average": os.getloadavg()[0],
         "data": args.data, "batch": args.batch, "steps": args.steps,
-        "command": f"python benchmarks/step_breakdown.py --steps {args.steps} --batch {args.batch}"})
+        "command": f"python benchmarks/step_breakdown.py --steps {args.steps} --batch {args.batch} --data {args.data}"})
 
 
 if __name__ == "__main__":

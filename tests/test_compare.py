@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -318,8 +319,13 @@ def test_jobs_below_one_are_refused(tmp_path):
 def test_jobs_default_to_one_per_core_on_cpu_and_never_exceed_the_runs_left(tmp_path, monkeypatch):
     path = write_study(tmp_path, {"methods": ["fedavg-full", {"name": "fedpilot", "set": ["train.device=cuda"]}]})
     runs, _ = expand_study(load_study(path))
-    monkeypatch.setattr(compare.os, "cpu_count", lambda: 4)
-    assert compare.auto_jobs(runs[:1]) == 4 and compare.auto_jobs(runs) == 1
+    monkeypatch.setattr(compare, "usable_cores", lambda: 4)
+    assert compare.auto_jobs(runs[:1]) == 4 and compare.auto_jobs(runs) == 1 and compare.auto_jobs([]) == 4
+    assert [compare.torch_device_type(d) for d in ("cpu", "cpu:0", "cuda:1")] == ["cpu", "cpu", "cuda"]
+    parallel = []
+    monkeypatch.setattr(compare, "run_parallel", lambda pending, console, jobs, records: parallel.append(jobs))
+    cpu_runs = [runs[0], replace(runs[0], seed=1)]
+    assert compare.run_study(cpu_runs, QUIET, jobs=None) == 2 and parallel == [2]  # 4 cores, 2 runs: 2 jobs
     seen = []
     monkeypatch.setattr(compare, "run_study", lambda runs, console, jobs, records: seen.append(jobs))
     assert CliRunner().invoke(app, ["compare", "--study", str(path)]).exit_code == 0

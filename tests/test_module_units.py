@@ -359,7 +359,8 @@ def test_profile_command_shows_module_units_by_block(bert_folder, bert_profile, 
     table = profile_table(bert_profile)
     assert table.title.endswith("a unit per adapted Linear")
     assert [table.columns[0]._cells[k] for k in (0, 1, 7)] == ["0.0", "0.1", "3.1"]
-    assert table.columns[5]._cells[3] == human(bert_profile.above[1][1])
+    assert table.columns[5]._cells[3] == human(bert_profile.above[1][1])  # 1.1 above a lower block
+    assert [table.columns[c]._cells[1] for c in (2, 4, 5)] == ["-"] * 3  # block 0: nothing lower, no split
     names = sorted(path.name for path in tmp_path.iterdir())
     assert names == [f"profile-{Path(bert_folder).name}-b4-l{SEQ}-fp32-module.{ext}" for ext in ("json", "png")]
     assert load_profile(tmp_path / names[0]) == bert_profile

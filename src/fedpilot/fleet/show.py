@@ -14,7 +14,7 @@ from rich.table import Table
 from fedpilot.config import ConfigError
 from fedpilot.fleet.planner import FleetPlan, checked_ranks, plan_fleet
 from fedpilot.fleet.spec import load_fleet
-from fedpilot.memory.cost import GiB, human
+from fedpilot.memory.cost import GiB, human, module_name
 from fedpilot.memory.plot import model_label
 
 
@@ -45,7 +45,7 @@ def module_ranges(units: Sequence[int], blocks: Sequence[int]) -> str:
         if run:
             parts.append(unit_ranges(run))
             run = []
-        parts += [f"{block}.{i}" for i, j in enumerate(members) if j in chosen]
+        parts += [module_name(tuple(blocks), j) for j in members if j in chosen]
     if run:
         parts.append(unit_ranges(run))
     return ", ".join(parts)

@@ -194,12 +194,21 @@ def mem_of(profile: CostProfile, units: Iterable[int]) -> int:
 def block_masks(blocks: tuple[int, ...], units: Iterable[int]) -> dict[int, int]:
     """{block: bit mask of its units in `units`} for module units whose blocks are `blocks` (bit i = the
     block's i-th unit in unit order); blocks with none of the units are left out."""
-    first = {b: blocks.index(b) for b in set(blocks)}
     masks: dict[int, int] = {}
     for j in units:
-        b = blocks[j]
-        masks[b] = masks.get(b, 0) | 1 << (j - first[b])
+        masks[blocks[j]] = masks.get(blocks[j], 0) | 1 << place_in_block(blocks, j)
     return masks
+
+
+def place_in_block(blocks: tuple[int, ...], unit: int) -> int:
+    """Module granularity: i such that `unit` is its block's i-th unit (unit order; `blocks[j]` = unit j's
+    block, a block's units consecutive)."""
+    return unit - blocks.index(blocks[unit])
+
+
+def module_name(blocks: tuple[int, ...], unit: int) -> str:
+    """A module unit's short name, block.i: "3.1" for block 3's second adapted Linear."""
+    return f"{blocks[unit]}.{place_in_block(blocks, unit)}"
 
 
 def save_profile(profile: CostProfile, path: Path) -> Path:

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from fedpilot.memory.build import AUTOCAST, build_model, make_batch
-from fedpilot.memory.cost import CostProfile
+from fedpilot.memory.cost import CostProfile, place_in_block
 from fedpilot.memory.meta import meta_like_cpu
 from fedpilot.memory.profiler import ProfileError, measure_saved, measure_step
 from fedpilot.models.units import UnitMap, module_units
@@ -113,8 +113,7 @@ def module_profile(block_profile: CostProfile, config: PretrainedConfig, dtype: 
 
 def _single(block_of: tuple[int, ...], unit: int) -> tuple[int, int]:
     """(block, table column) of the set holding `unit` alone."""
-    b = block_of[unit]
-    return b, (1 << (unit - block_of.index(b))) - 1
+    return block_of[unit], (1 << place_in_block(block_of, unit)) - 1
 
 
 def _measured(net: nn.Module, unit_map: UnitMap, config: PretrainedConfig, batch: int, length: int, dtype: str,

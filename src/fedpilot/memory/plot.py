@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from fedpilot.memory.cost import GiB, MiB, CostProfile, human, mem_of, save_profile
+from fedpilot.memory.cost import GiB, MiB, CostProfile, human, mem_of, module_name, save_profile
 from fedpilot.memory.profiler import profile
 
 COMPONENTS = ("frozen", "head", "unit", "path", "peak")
@@ -36,10 +36,7 @@ def single_unit_parts(profile: CostProfile, k: int) -> dict[str, int]:
 def unit_label(profile: CostProfile, k: int) -> str:
     """Unit k's name in tables and plots: its index, or block.i (the block's i-th adapted Linear) at module
     granularity."""
-    if not profile.blocks:
-        return str(k)
-    block = profile.blocks[k]
-    return f"{block}.{k - profile.blocks.index(block)}"
+    return module_name(profile.blocks, k) if profile.blocks else str(k)
 
 
 def profile_table(profile: CostProfile) -> Table:
@@ -52,8 +49,10 @@ def profile_table(profile: CostProfile) -> Table:
     for column in ("unit", "Mem({k})", "A_path(k)", "M_state(k)", "a_k", "marginal above", "Mem(k..top)"):
         table.add_column(column, justify="right")
     for k in range(n):
-        table.add_row(unit_label(profile, k), human(mem_of(profile, [k])), human(profile.path[k]),
-                      human(profile.state[k]), human(profile.lora[k]), human(profile.unit_mem[k]),
+        split = not profile.blocks or profile.blocks[k] > 0
+        table.add_row(unit_label(profile, k), human(mem_of(profile, [k])),
+                      human(profile.path[k]) if split else "-", human(profile.state[k]),
+                      human(profile.lora[k]) if split else "-", human(profile.unit_mem[k]) if split else "-",
                       human(mem_of(profile, range(k, n))))
     table.add_section()
     table.add_row("head only", human(profile.fixed_mem), "", "", "", "", "")
@@ -62,8 +61,8 @@ def profile_table(profile: CostProfile) -> Table:
                      f"A_head {human(profile.head_path)} + M_peak,head {human(profile.head_only_peak)}; "
                      f"with units, M_peak {human(profile.peak)} in place of M_peak,head"
                      + ("; unit b.i = block b's i-th adapted Linear; marginal above = what it adds when a lower "
-                        "block trains; block 0 has none below, so its units' A_path is counted in a_k"
-                        if profile.blocks else ""))
+                        "block trains (units of one block share inputs: their marginal costs do not add up); "
+                        "block 0 has no lower block, so its units' costs are not split (-)" if profile.blocks else ""))
     return table
 
 
@@ -103,7 +102,8 @@ def _plot_breakdown(ax, profile: CostProfile, scale: int, unit: str) -> None:
         ax.bar(ks, heights, bottom=bottom, color=f"C{index}", label=LABELS[name])
         bottom = [b + h for b, h in zip(bottom, heights)]
     _unit_ticks(ax, profile)
-    ax.set(xlabel="position k of the trainable unit", ylabel=f"memory ({unit})", title="breakdown of Mem({k})")
+    ax.set(xlabel="position k of the trainable unit", ylabel=f"memory ({unit})",
+           title="breakdown of Mem({k})" + (" (block 0: A_path counted in M_state + a_k)" if profile.blocks else ""))
     ax.legend(fontsize=8)
 
 

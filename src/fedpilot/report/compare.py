@@ -132,11 +132,23 @@ def run_study(runs: list[PlannedRun], console: Console, jobs: int | None = 1, re
 
 
 def auto_jobs(pending: list[PlannedRun]) -> int:
-    """The default number of jobs: one per CPU core (one torch thread each; on 2 cores that ran 1.10x the runs
-    per hour of one process with both threads, benchmarks/compare_throughput.py) when every run trains on
-    the CPU; 1 when any uses another device (one accelerator, one run at a time)."""
-    if any(run.config.train.device != "cpu" for run in pending):
+    """The default number of jobs: one per CPU core this process may use (one torch thread each; on 2 cores
+    that ran 1.10x the runs per hour of one process with both threads, benchmarks/compare_throughput.py)
+    when every run trains on the CPU; 1 when any uses another device (one accelerator, one run at a time)."""
+    if any(torch_device_type(run.config.train.device) != "cpu" for run in pending):
         return 1
+    return usable_cores()
+
+
+def torch_device_type(device: str) -> str:
+    """The type of a torch device string: "cpu" for "cpu" or "cpu:0", "cuda" for "cuda:1"."""
+    return device.split(":")[0].strip().lower()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS has one, else every core)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
 
 
@@ -149,17 +161,21 @@ def keep_record(run: PlannedRun, records: Path | None) -> None:
 def run_parallel(pending: list[PlannedRun], console: Console, jobs: int, records: Path | None = None) -> None:
     """Run `pending` in `jobs` worker processes, reporting each as it finishes under a progress bar (and
     keeping its record in `records`)."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cores() // jobs)
     console.print(f"{len(pending)} runs, {jobs} at a time, {threads} torch thread(s) each")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context) as pool, Progress(*columns, console=console) as progress:
         task = progress.add_task("runs", total=len(pending))
         futures = {pool.submit(execute_in_worker, run, threads): run for run in pending}
-        for future in as_completed(futures):
-            progress.console.print(f"{futures[future].name}: {final_note(future.result())}", highlight=False)
-            keep_record(futures[future], records)
-            progress.advance(task)
+        try:
+            for future in as_completed(futures):
+                progress.console.print(f"{futures[future].name}: {final_note(future.result())}", highlight=False)
+                keep_record(futures[future], records)
+                progress.advance(task)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed run: start no more; those running finish
+            raise
 
 
 def read_results(runs: list[PlannedRun]) -> list[RunResult]:
