@@ -1,4 +1,4 @@
-"""Run summaries computed from round records: accuracy, unit coverage, IG-Score cost."""
+"""Run summaries computed from round records: accuracy, unit coverage, IG-Score cost; reading kept records."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from fedpilot.report.plots import RunDirError, plot_runs
 from fedpilot.report.records import ig_cost_fraction, read_rounds, summarize, unit_coverage
+from fedpilot.report.run_records import save_record
 
 ROUNDS = [
     {"round": 1, "test_accuracy": 0.5, "test_loss": 1.0, "clients": [
@@ -54,3 +56,15 @@ def test_a_run_where_no_client_trained_reports_no_accuracy():
 def test_read_rounds_skips_a_torn_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"round": 1}) + "\n" + '{"round": 2, "cli')
     assert read_rounds(tmp_path) == [{"round": 1}]
+
+
+def test_a_kept_record_reads_and_plots_like_its_run(tmp_path):
+    run, kept = tmp_path / "runs" / "r-s0", tmp_path / "results" / "runs"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROUNDS))
+    (run / "summary.json").write_text("{}")
+    record = save_record(run, kept)
+    assert not (record / "metrics.jsonl").exists() and read_rounds(record) == ROUNDS == read_rounds(run)
+    assert plot_runs([record], tmp_path / "acc.png").stat().st_size > 0
+    with pytest.raises(RunDirError, match="no metrics.jsonl or kept metrics.jsonl.gz"):
+        plot_runs([tmp_path], tmp_path / "none.png")

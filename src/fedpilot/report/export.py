@@ -57,7 +57,7 @@ def checkpoint_model(run_dir: Path) -> tuple[RunModel, Config, int]:
     """
     config = run_config(run_dir)
     if not (run_dir / "checkpoint" / "server.json").is_file():
-        raise ExportError(f"{run_dir} has no {MODEL_DIR}/ and no checkpoint/ (no round finished): nothing to export")
+        raise ExportError(f"{run_dir} has no {MODEL_DIR}/ and no checkpoint/ (no round finished): no model to load")
     checkpoint = load_checkpoint(run_dir)
     model = peft_classifier(config, checkpoint.global_state, run_labels(run_dir, config))
     return model, config, checkpoint.round_number

@@ -25,8 +25,8 @@ class RunDirError(ValueError):
 
 def load_rounds(run_dir: Path) -> list[dict[str, Any]]:
     """Round records of a run directory, or a RunDirError saying why there are none."""
-    if not (Path(run_dir) / "metrics.jsonl").is_file():
-        raise RunDirError(f"{str(run_dir)!r} is not a run directory (no metrics.jsonl)")
+    if not any((Path(run_dir) / name).is_file() for name in ("metrics.jsonl", "metrics.jsonl.gz")):
+        raise RunDirError(f"{str(run_dir)!r} is not a run directory (no metrics.jsonl or kept metrics.jsonl.gz)")
     return read_rounds(run_dir)
 
 

@@ -6,6 +6,7 @@ finished run.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -55,12 +56,17 @@ class RunRecorder:
 
 
 def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All complete round records of a run (a line torn by a crash is left out)."""
+    """All complete round records of a run (a line torn by a crash is left out), from `metrics.jsonl` or, in
+    a study's kept record (`results/<study>/runs/<run>/`), `metrics.jsonl.gz`; [] when there is neither."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    if path.exists():
+        text = path.read_text()
+    elif path.with_name(path.name + ".gz").exists():
+        text = gzip.decompress(path.with_name(path.name + ".gz").read_bytes()).decode()
+    else:
         return []
     rounds = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rounds.append(json.loads(line))
         except json.JSONDecodeError:
