@@ -4,7 +4,8 @@ The same short study (fedavg-full and fedpilot on the hetero preset, 20 Newsgrou
 four runs) is run with 1 job (every torch thread in one process) and with 2 jobs (two processes,
 cores / 2 threads each), alternating `--repeats` times so machine noise hits both; one warm-up run
 first fills the token and profile caches. Runs go to a temporary folder. Writes
-results/compare_throughput.json with `ratio` = runs per hour with 2 jobs / with 1 job (median).
+results/compare_throughput.json (another --rounds: compare_throughput-r<rounds>.json) with `ratio` =
+runs per hour with 2 jobs / with 1 job (median).
 
     python benchmarks/compare_throughput.py [--repeats 2] [--rounds 3]
 """
@@ -68,7 +69,7 @@ def main() -> None:
         table.add_row(str(jobs), f"{per_hour[jobs]:.1f}", ", ".join(f"{v:.0f}" for v in values))
     Console().print(table)
     print(f"ratio jobs 2 / jobs 1 = {ratio:.3f} (goal >= 1.3)")
-    write_result("compare_throughput", {
+    write_result("compare_throughput" if args.rounds == 3 else f"compare_throughput-r{args.rounds}", {
         "ratio": ratio, "runs_per_hour": {str(k): v for k, v in per_hour.items()},
         "seconds": {str(k): v for k, v in seconds.items()}, "runs_per_study": runs, "rounds": args.rounds,
         "command": f"python benchmarks/compare_throughput.py --repeats {args.repeats} --rounds {args.rounds}"})
