@@ -55,15 +55,21 @@ class RunRecorder:
         write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
 
 
+def run_file_text(folder: Path, name: str) -> str | None:
+    """The text of a run's file `name` in `folder`, or of its gzipped copy `name.gz` in a study's kept record;
+    None when there is neither."""
+    if (folder / name).is_file():
+        return (folder / name).read_text()
+    if (folder / f"{name}.gz").is_file():
+        return gzip.decompress((folder / f"{name}.gz").read_bytes()).decode()
+    return None
+
+
 def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
     """All complete round records of a run (a line torn by a crash is left out), from `metrics.jsonl` or, in
     a study's kept record (`results/<study>/runs/<run>/`), `metrics.jsonl.gz`; [] when there is neither."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if path.exists():
-        text = path.read_text()
-    elif path.with_name(path.name + ".gz").exists():
-        text = gzip.decompress(path.with_name(path.name + ".gz").read_bytes()).decode()
-    else:
+    text = run_file_text(Path(run_dir), "metrics.jsonl")
+    if text is None:
         return []
     rounds = []
     for line in text.splitlines():

@@ -14,6 +14,8 @@ import gzip
 import shutil
 from pathlib import Path
 
+from fedpilot.report.records import run_file_text
+
 RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 """What a record holds (metrics.jsonl as metrics.jsonl.gz); summary.json is written last."""
 GZIPPED = {"metrics.jsonl"}
@@ -31,13 +33,10 @@ def copy_file(source: Path, target: Path, gzipped: bool) -> None:
 
 
 def unpack_file(record: Path, target: Path, name: str) -> None:
-    """Write the record's `name` (stored gzipped or plain) to `target/name`."""
-    packed = record / f"{name}.gz"
-    if packed.is_file():
-        with gzip.open(packed, "rb") as source, (target / name).open("wb") as out:
-            shutil.copyfileobj(source, out)
-    elif (record / name).is_file():
-        shutil.copy2(record / name, target / name)
+    """Write the record's `name` (stored gzipped or plain) to `target/name` (nothing when the record lacks it)."""
+    text = run_file_text(record, name)
+    if text is not None:
+        (target / name).write_text(text)
 
 
 def save_record(run_dir: Path, records_root: Path) -> Path | None:
